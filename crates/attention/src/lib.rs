@@ -1,0 +1,1 @@
+//! First-level (position) and second-level (layer self-) attention blocks of 2Att-2Mt.

@@ -1,0 +1,1 @@
+//! Bidirectional LSTM/GRU aggregator over the layer-level feature sequence.

@@ -1,0 +1,1 @@
+//! Procedural synthetic faces in the AffectNet layout (in progress).

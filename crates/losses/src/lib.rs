@@ -1,0 +1,1 @@
+//! Losses (cross-entropy, MSE, CCC, the multi-task combination) and evaluation metrics.
