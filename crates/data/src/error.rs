@@ -15,6 +15,12 @@ pub enum Error {
     BadShard { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("invalid loader configuration: {0}")]
+    Config(String),
+    #[error("data loader: {0}")]
+    Loader(String),
+    #[error("invalid preparation options: {0}")]
+    Options(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

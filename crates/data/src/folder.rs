@@ -1,1 +1,156 @@
-//! (in progress)
+//! An image folder per class (the FER-2013 layout): `ROOT/train/<class>/*.png` and
+//! `ROOT/val/<class>/...` (or `ROOT/test/...` when there is no `val`).
+//!
+//! Class folder names map to AffectNet codes through [`labels::code_of_name`] (any case;
+//! `angry`, `happy`, `neutral`, ...). Files ending in `.png`, `.jpg` or `.jpeg` (any case) are
+//! the samples, in (class folder, file name) order; other files are not samples and are not
+//! counted. Images are taken as face crops (no box) and carry no valence/arousal.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::labels;
+use crate::manifest::SkipReason;
+use crate::prepare::listing::{self, Candidate, Listing, SplitListing};
+use crate::{Error, Result};
+
+/// Reads the folder tree at `root`. An unknown class folder is an error unless
+/// `skip_unknown_classes`, in which case its files are skipped rows with that reason.
+pub fn read(root: &Path, num_classes: usize, skip_unknown_classes: bool) -> Result<Listing> {
+    if !root.is_dir() {
+        return Err(Error::Invalid {
+            path: root.to_path_buf(),
+            reason: "image folder root not found".into(),
+        });
+    }
+    let train = root.join("train");
+    let val = ["val", "test"]
+        .into_iter()
+        .map(|d| root.join(d))
+        .find(|d| d.is_dir());
+    let no_split = |which: &str| Error::Invalid {
+        path: root.to_path_buf(),
+        reason: format!(
+            "no {which} split folder: expected train/<class>/*.png and val/<class>/..."
+        ),
+    };
+    if !train.is_dir() {
+        return Err(no_split("train/"));
+    }
+    let val = val.ok_or_else(|| no_split("val/ (or test/)"))?;
+    let mut listing = Listing::default();
+    for (i, dir) in [train, val].iter().enumerate() {
+        listing.splits[i] = read_split(
+            root,
+            dir,
+            listing::SPLITS[i],
+            num_classes,
+            skip_unknown_classes,
+            &mut listing.class_map,
+        )?;
+    }
+    Ok(listing)
+}
+
+fn read_split(
+    root: &Path,
+    dir: &Path,
+    split: &str,
+    num_classes: usize,
+    skip_unknown: bool,
+    class_map: &mut BTreeMap<String, i64>,
+) -> Result<SplitListing> {
+    let mut classes = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            classes.push(path);
+        }
+    }
+    classes.sort();
+    let mut out = SplitListing::default();
+    for class_dir in classes {
+        let name = class_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let code = labels::code_of_name(&name);
+        if code.is_none() && !skip_unknown {
+            return Err(Error::Invalid {
+                path: class_dir.clone(),
+                reason: format!(
+                    "unknown class folder `{name}` (known: {}; or skip it with \
+                     --skip-unknown-classes)",
+                    labels::class_names(labels::NUM_CLASSES).join(", ")
+                ),
+            });
+        }
+        if let Some(c) = code {
+            class_map.insert(name.clone(), c);
+        }
+        for file in images_in(&class_dir)? {
+            let row = out.rows;
+            out.rows += 1;
+            let rel = rel_name(root, &file);
+            let Some(code) = code else {
+                out.skip(
+                    split,
+                    row,
+                    &rel,
+                    SkipReason::UnknownClassFolder,
+                    format!("class folder `{name}` is not a known class"),
+                );
+                continue;
+            };
+            match labels::class_of_code(code, num_classes) {
+                Some(class) => out.candidates.push(Candidate {
+                    row,
+                    name: rel,
+                    file,
+                    face: None,
+                    expression: class,
+                    valence: f32::NAN,
+                    arousal: f32::NAN,
+                }),
+                None => out.skip(
+                    split,
+                    row,
+                    &rel,
+                    SkipReason::NoUsableLabel,
+                    format!("`{name}` is not a class with {num_classes} classes"),
+                ),
+            }
+        }
+    }
+    if out.rows == 0 {
+        return Err(Error::Invalid {
+            path: dir.to_path_buf(),
+            reason: "no images (.png, .jpg, .jpeg) in any class folder".into(),
+        });
+    }
+    Ok(out)
+}
+
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn rel_name(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .to_string_lossy()
+        .into_owned()
+}

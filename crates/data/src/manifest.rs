@@ -1,1 +1,214 @@
-//! (in progress)
+//! `manifest.json`: what a prepared dataset holds and what was left out of it, and why.
+//!
+//! It is written last by [`crate::prepare`], so a folder with a manifest is complete.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{atomic, Error, Result};
+
+/// Format tag stored in every manifest.
+pub const FORMAT: &str = "fer-prepared-v1";
+
+/// The file name of the manifest inside a prepared folder.
+pub const FILE_NAME: &str = "manifest.json";
+
+/// Why a source row did not make it into a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SkipReason {
+    #[serde(rename = "missing file")]
+    MissingFile,
+    #[serde(rename = "unreadable file")]
+    UnreadableFile,
+    #[serde(rename = "undecodable image")]
+    UndecodableImage,
+    #[serde(rename = "box outside image")]
+    BoxOutsideImage,
+    #[serde(rename = "malformed row")]
+    MalformedRow,
+    #[serde(rename = "label out of range")]
+    LabelOutOfRange,
+    #[serde(rename = "no usable label")]
+    NoUsableLabel,
+    #[serde(rename = "unknown class folder")]
+    UnknownClassFolder,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::MissingFile => "missing file",
+            SkipReason::UnreadableFile => "unreadable file",
+            SkipReason::UndecodableImage => "undecodable image",
+            SkipReason::BoxOutsideImage => "box outside image",
+            SkipReason::MalformedRow => "malformed row",
+            SkipReason::LabelOutOfRange => "label out of range",
+            SkipReason::NoUsableLabel => "no usable label",
+            SkipReason::UnknownClassFolder => "unknown class folder",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One skipped source row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedRow {
+    /// `train` or `val`.
+    pub split: String,
+    /// 0-based data row of the source list (header excluded); for folder sources, the index in
+    /// the split's sorted file list.
+    pub row: usize,
+    /// The image path as written in the source (relative to the image root).
+    pub path: String,
+    /// Details of the failure (the decoder's message, the offending field, ...).
+    pub detail: String,
+}
+
+/// One shard file of a split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// File name inside the split folder.
+    pub file: String,
+    pub count: usize,
+}
+
+/// Counts of one split.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitSummary {
+    /// Data rows (or files) read from the source.
+    pub rows: usize,
+    pub kept: usize,
+    pub skipped: usize,
+    /// Kept samples per class index (`class_names` order).
+    pub class_histogram: Vec<usize>,
+    /// Kept samples without a class (valence/arousal only).
+    pub no_class: usize,
+    /// Kept samples with valence and arousal.
+    pub with_va: usize,
+    pub shards: Vec<ShardEntry>,
+}
+
+/// Where the data came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `affectnet`, `folder` or `csv`.
+    pub kind: String,
+    /// The AffectNet root, the folder root, or the CSV file.
+    pub path: PathBuf,
+    /// The image root of a CSV source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub source: SourceInfo,
+    pub image_size: usize,
+    pub margin: f64,
+    pub num_classes: usize,
+    pub class_names: Vec<String>,
+    /// Folder name (or CSV label name) -> AffectNet code, for sources labelled by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub class_map: BTreeMap<String, i64>,
+    /// `train` and `val`.
+    pub splits: BTreeMap<String, SplitSummary>,
+    /// Every skipped row, grouped by reason.
+    pub skipped: BTreeMap<SkipReason, Vec<SkippedRow>>,
+}
+
+impl Manifest {
+    /// Reads and checks a manifest.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("not a valid manifest: {e}"),
+        })?;
+        if m.format != FORMAT {
+            return Err(Error::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("manifest format `{}`, expected `{FORMAT}`", m.format),
+            });
+        }
+        m.check().map_err(|reason| Error::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(m)
+    }
+
+    /// Writes the manifest atomically as pretty JSON.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        atomic::write_atomic(path, &bytes)
+    }
+
+    /// Checks that the counts add up: kept + skipped = rows, the shards hold the kept samples,
+    /// the histogram covers them, and the skip lists match the per-split counts.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, s) in &self.splits {
+            if s.kept + s.skipped != s.rows {
+                return Err(format!(
+                    "split {name}: kept {} + skipped {} != rows {}",
+                    s.kept, s.skipped, s.rows
+                ));
+            }
+            let in_shards: usize = s.shards.iter().map(|e| e.count).sum();
+            if in_shards != s.kept {
+                return Err(format!(
+                    "split {name}: shards hold {in_shards}, kept {}",
+                    s.kept
+                ));
+            }
+            let classed: usize = s.class_histogram.iter().sum();
+            if classed + s.no_class != s.kept {
+                return Err(format!(
+                    "split {name}: histogram {classed} + no class {} != kept {}",
+                    s.no_class, s.kept
+                ));
+            }
+            let listed = self
+                .skipped
+                .values()
+                .flatten()
+                .filter(|r| &r.split == name)
+                .count();
+            if listed != s.skipped {
+                return Err(format!(
+                    "split {name}: {listed} skipped rows listed, {} counted",
+                    s.skipped
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of skipped rows for `reason` (all splits).
+    pub fn skipped_count(&self, reason: SkipReason) -> usize {
+        self.skipped.get(&reason).map_or(0, Vec::len)
+    }
+
+    /// The shard paths of `split`, given the prepared folder `root`.
+    pub fn shard_paths(&self, root: &Path, split: &str) -> Vec<PathBuf> {
+        self.splits.get(split).map_or_else(Vec::new, |s| {
+            s.shards
+                .iter()
+                .map(|e| root.join(split).join(&e.file))
+                .collect()
+        })
+    }
+}
