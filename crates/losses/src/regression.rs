@@ -67,8 +67,10 @@ fn prepare(pred: &Tensor, target: &Tensor, mask: &Tensor, what: &'static str) ->
 }
 
 /// An exact scalar 0 that is still connected to `pred`, so `backward` gives zero gradients.
+/// (A product with a zeros tensor, not `affine(0, 0)`: candle prunes `affine` with a 0 factor
+/// from the graph, and `pred` would then get no gradient entry at all.)
 fn zero(pred: &Tensor) -> Result<Tensor> {
-    Ok(pred.sum_all()?.affine(0.0, 0.0)?)
+    Ok(pred.mul(&pred.zeros_like()?)?.sum_all()?)
 }
 
 /// Mean squared error over the samples whose `mask` is 1 (`pred`, `target`, `mask` all `[B]`).
