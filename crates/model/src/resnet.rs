@@ -1,0 +1,260 @@
+//! ResNet-18/34/50 in torchvision's layout and tensor names, returning the tapped stage maps.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+
+use crate::config::{BackboneConfig, Stem};
+
+const BN: BatchNormConfig = BatchNormConfig {
+    eps: 1e-5,
+    remove_mean: true,
+    affine: true,
+    momentum: 0.1,
+};
+
+/// torchvision initialises convs with Kaiming-normal over fan-out (ReLU gain), no bias.
+fn conv(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let stdev = (2.0 / (c_out * k * k) as f64).sqrt();
+    let w = vb.get_with_hints(
+        (c_out, c_in, k, k),
+        "weight",
+        Init::Randn { mean: 0.0, stdev },
+    )?;
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    Ok(Conv2d::new(w, None, cfg))
+}
+
+fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
+    candle_nn::batch_norm(c, BN, vb)
+}
+
+/// Conv + BatchNorm pair, the unit every block is made of.
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.conv.forward(x)?.apply_t(&self.bn, train)
+    }
+}
+
+enum Block {
+    Basic {
+        a: ConvBn,
+        b: ConvBn,
+        downsample: Option<ConvBn>,
+    },
+    Bottleneck {
+        a: ConvBn,
+        b: ConvBn,
+        c: ConvBn,
+        downsample: Option<ConvBn>,
+    },
+}
+
+impl Block {
+    fn basic(c_in: usize, planes: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let a = ConvBn {
+            conv: conv(c_in, planes, 3, stride, 1, vb.pp("conv1"))?,
+            bn: bn(planes, vb.pp("bn1"))?,
+        };
+        let b = ConvBn {
+            conv: conv(planes, planes, 3, 1, 1, vb.pp("conv2"))?,
+            bn: bn(planes, vb.pp("bn2"))?,
+        };
+        let downsample = downsample(c_in, planes, stride, vb)?;
+        Ok(Block::Basic { a, b, downsample })
+    }
+
+    /// torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv.
+    fn bottleneck(c_in: usize, planes: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let out = planes * 4;
+        let a = ConvBn {
+            conv: conv(c_in, planes, 1, 1, 0, vb.pp("conv1"))?,
+            bn: bn(planes, vb.pp("bn1"))?,
+        };
+        let b = ConvBn {
+            conv: conv(planes, planes, 3, stride, 1, vb.pp("conv2"))?,
+            bn: bn(planes, vb.pp("bn2"))?,
+        };
+        let c = ConvBn {
+            conv: conv(planes, out, 1, 1, 0, vb.pp("conv3"))?,
+            bn: bn(out, vb.pp("bn3"))?,
+        };
+        let downsample = downsample(c_in, out, stride, vb)?;
+        Ok(Block::Bottleneck {
+            a,
+            b,
+            c,
+            downsample,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (y, downsample) = match self {
+            Block::Basic { a, b, downsample } => {
+                let y = a.forward(x, train)?.relu()?;
+                (b.forward(&y, train)?, downsample)
+            }
+            Block::Bottleneck {
+                a,
+                b,
+                c,
+                downsample,
+            } => {
+                let y = a.forward(x, train)?.relu()?;
+                let y = b.forward(&y, train)?.relu()?;
+                (c.forward(&y, train)?, downsample)
+            }
+        };
+        let identity = match downsample {
+            Some(d) => d.forward(x, train)?,
+            None => x.clone(),
+        };
+        (y + identity)?.relu()
+    }
+}
+
+fn downsample(c_in: usize, c_out: usize, stride: usize, vb: VarBuilder) -> Result<Option<ConvBn>> {
+    if stride == 1 && c_in == c_out {
+        return Ok(None);
+    }
+    Ok(Some(ConvBn {
+        conv: conv(c_in, c_out, 1, stride, 0, vb.pp("downsample.0"))?,
+        bn: bn(c_out, vb.pp("downsample.1"))?,
+    }))
+}
+
+/// 3x3 stride-2 pad-1 max-pool built from differentiable ops (candle's `max_pool2d` has no
+/// backward when kernel != stride). Padding repeats the border, which never changes a window's
+/// max because the repeated value is inside that window; the max is taken separably (rows, then
+/// columns).
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let x = pool_dim(x, 3)?;
+    pool_dim(&x, 2)
+}
+
+fn pool_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let n = x.dim(dim)?;
+    let out = (n - 1) / 2 + 1;
+    // One extra element on the right keeps `2 * out` items available from every offset; it only
+    // ever lands in the odd positions that the subsampling drops.
+    let p = x.pad_with_same(dim, 1, 2)?;
+    let w0 = p.narrow(dim, 0, 2 * out)?;
+    let w1 = p.narrow(dim, 1, 2 * out)?;
+    let w2 = p.narrow(dim, 2, 2 * out)?;
+    let m = w0.maximum(&w1)?.maximum(&w2)?;
+    // Keep every other element: split the dim into (out, 2) and take phase 0.
+    let mut shape = m.dims().to_vec();
+    shape[dim] = out;
+    shape.insert(dim + 1, 2);
+    m.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// A torchvision-layout ResNet trunk (no `fc`) that returns the maps of the tapped stages.
+pub struct ResNet {
+    stem: ConvBn,
+    max_pool: bool,
+    /// Only the stages up to the deepest tap are built: deeper ones would get no gradient.
+    stages: Vec<Vec<Block>>,
+    taps: Vec<usize>,
+    tap_channels: Vec<usize>,
+}
+
+impl ResNet {
+    /// Builds the trunk under `vb` (torchvision names: `conv1`, `bn1`, `layer1.0.conv1`, ...).
+    /// The config must be valid (see [`BackboneConfig::validate`]).
+    pub fn new(cfg: &BackboneConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::wrap)?;
+        let stem_c = cfg.channels(64);
+        let (stem, max_pool) = match cfg.stem {
+            Stem::Imagenet => (conv(3, stem_c, 7, 2, 3, vb.pp("conv1"))?, true),
+            Stem::Small => (
+                conv(3, stem_c, 3, cfg.stem_stride, 1, vb.pp("conv1"))?,
+                false,
+            ),
+        };
+        let stem = ConvBn {
+            conv: stem,
+            bn: bn(stem_c, vb.pp("bn1"))?,
+        };
+        let taps = cfg.tap_stages();
+        let deepest = *taps.iter().max().expect("validated: taps non-empty");
+        let (blocks, bottleneck) = match cfg.depth {
+            18 => ([2, 2, 2, 2], false),
+            34 => ([3, 4, 6, 3], false),
+            _ => ([3, 4, 6, 3], true),
+        };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut c_in = stem_c;
+        let mut stages = Vec::new();
+        let mut stage_out = Vec::new();
+        for (s, &n) in blocks.iter().enumerate().take(deepest + 1) {
+            let planes = cfg.channels(64 << s);
+            let vb_s = vb.pp(format!("layer{}", s + 1));
+            let mut stage = Vec::with_capacity(n);
+            for i in 0..n {
+                let stride = if i == 0 && s > 0 { 2 } else { 1 };
+                let vb_b = vb_s.pp(i.to_string());
+                stage.push(if bottleneck {
+                    Block::bottleneck(c_in, planes, stride, vb_b)?
+                } else {
+                    Block::basic(c_in, planes, stride, vb_b)?
+                });
+                c_in = planes * expansion;
+            }
+            stages.push(stage);
+            stage_out.push(c_in);
+        }
+        let tap_channels = taps.iter().map(|&t| stage_out[t]).collect();
+        Ok(Self {
+            stem,
+            max_pool,
+            stages,
+            taps,
+            tap_channels,
+        })
+    }
+
+    /// Channels of each tapped map, in tap order.
+    pub fn tap_channels(&self) -> &[usize] {
+        &self.tap_channels
+    }
+
+    /// `x`: `[B, 3, S, S]`. Returns the tapped maps, shallow to deep. `train` selects batch
+    /// statistics (and updates the running ones) in every BatchNorm.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let mut x = self.stem.forward(x, train)?.relu()?;
+        if self.max_pool {
+            x = max_pool_3x3_s2(&x)?;
+        }
+        let mut out = Vec::with_capacity(self.taps.len());
+        for (s, stage) in self.stages.iter().enumerate() {
+            for block in stage {
+                x = block.forward(&x, train)?;
+            }
+            if self.taps.contains(&s) {
+                out.push(x.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Global average pool `[B, C, H, W] -> [B, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(D::Minus1)
+}
