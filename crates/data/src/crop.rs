@@ -15,8 +15,10 @@
 //! squashed; only when the square is larger than the image does it shrink to fit. A box that does
 //! not overlap the image at all is rejected ([`BoxError::Outside`]).
 //!
-//! The crop is then resized to `S x S` with a bilinear convolution filter whose support grows with
-//! the reduction factor (antialiased, as Pillow's `Image.BILINEAR`), and returned as CHW bytes.
+//! The crop is cut out first and then resized to `S x S` with a bilinear convolution filter whose
+//! support grows with the reduction factor (antialiased, as Pillow's
+//! `img.crop(box).resize((S, S), Image.BILINEAR)`; the filter never reads pixels outside the
+//! crop), and returned as CHW bytes.
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -82,17 +84,19 @@ pub fn crop_resize_chw(
     rect: Rect,
     size: u32,
 ) -> Vec<u8> {
-    let src = ImageRef::new(width, height, rgb, PixelType::U8x3)
-        .expect("an RGB buffer of width * height * 3 bytes");
+    debug_assert_eq!(rgb.len(), (width * height * 3) as usize);
+    // Copy the crop out first: resizing with a crop window would let the filter read pixels
+    // beyond the window's edges, so the result would depend on what surrounds the face.
+    let row = width as usize * 3;
+    let mut cut = Vec::with_capacity((rect.width * rect.height * 3) as usize);
+    for y in rect.top..rect.top + rect.height {
+        let start = y as usize * row + rect.left as usize * 3;
+        cut.extend_from_slice(&rgb[start..start + rect.width as usize * 3]);
+    }
+    let src = ImageRef::new(rect.width, rect.height, &cut, PixelType::U8x3)
+        .expect("a buffer of width * height * 3 bytes");
     let mut dst = Image::new(size, size, PixelType::U8x3);
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(
-            rect.left as f64,
-            rect.top as f64,
-            rect.width as f64,
-            rect.height as f64,
-        );
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     resizer
         .resize(&src, &mut dst, &options)
         .expect("source and destination are both U8x3");

@@ -42,11 +42,17 @@ pub fn read(file: &Path, images: &Path, num_classes: usize, val_fraction: f64) -
             }
         };
         let name = f[cols.path].trim();
-        let s = match cols.split.map(|c| f[c].trim()) {
-            None | Some("") => Ok(split_by_hash(name, val_fraction)),
+        let by_hash = split_by_hash(name, val_fraction);
+        let split = match cols.split.map(|c| f[c].trim()) {
+            None | Some("") => Ok(by_hash),
             Some(v) => split_of_name(v),
         };
-        let parsed = s.and_then(|s| Ok((s, parse_row(f, &cols, num_classes, &mut names)?)));
+        let parsed = match split {
+            Ok(s) => parse_row(f, &cols, num_classes, &mut names)
+                .map(|p| (s, p))
+                .map_err(|e| (s, e)),
+            Err(e) => Err((by_hash, e)),
+        };
         match parsed {
             Ok((s, (face, (expression, valence, arousal)))) => {
                 splits_of_row.push(s);
@@ -60,8 +66,7 @@ pub fn read(file: &Path, images: &Path, num_classes: usize, val_fraction: f64) -
                     arousal,
                 });
             }
-            Err((reason, detail)) => {
-                let s = split_by_hash(name, val_fraction);
+            Err((s, (reason, detail))) => {
                 splits_of_row.push(s);
                 listing.splits[s].skip(listing::SPLITS[s], row, name, reason, detail);
             }
@@ -185,8 +190,16 @@ mod tests {
 
     #[test]
     fn hash_split_is_stable_and_proportional() {
-        // Pinned values: a change here would silently move rows between splits.
-        assert_eq!(unit_hash("a.png").to_bits(), unit_hash("a.png").to_bits());
+        // Pinned against an independent Python implementation of FNV-1a + SplitMix64: a change
+        // here would silently move rows between splits.
+        for (s, want) in [
+            ("a.png", 0.8162309729057672),
+            ("img/0.jpg", 0.5290119853121469),
+            ("faces/happy/x.jpg", 0.6627301161497368),
+            ("", 0.9576734252420561),
+        ] {
+            assert_eq!(unit_hash(s), want, "{s}");
+        }
         let n = 20_000;
         let val = (0..n)
             .filter(|i| split_by_hash(&format!("img/{i}.jpg"), 0.1) == 1)

@@ -29,7 +29,7 @@ use crate::manifest::{Manifest, SourceInfo};
 use crate::{affectnet, folder, plain_csv, Error, Result};
 
 pub use listing::{Candidate, Listing, SplitListing, SPLITS};
-pub use run::RunReport;
+pub use run::{decode_rgb, load, RunReport};
 
 /// Where to read a dataset from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
