@@ -139,31 +139,18 @@ pub fn stage_loss(
     va: Option<VaInputs<'_>>,
 ) -> Result<LossParts> {
     cfg.validate()?;
-    let mut total: Option<Tensor> = None;
-    let mut parts = LossParts {
-        total: Tensor::new(0f32, &candle_core::Device::Cpu)?,
-        ce: None,
-        va: None,
-        aux: None,
-        ce_samples: 0,
-        va_samples: 0,
-    };
-    let mut add = |t: Tensor| -> Result<()> {
-        total = Some(match total.take() {
-            None => t,
-            Some(acc) => (acc + t)?,
-        });
-        Ok(())
-    };
+    let mut terms: Vec<Tensor> = Vec::with_capacity(3);
+    let (mut ce_part, mut va_part, mut aux_part) = (None, None, None);
+    let (mut ce_samples, mut va_samples) = (0, 0);
 
     if stage.uses_va() {
         let v = va.ok_or_else(|| {
             LossError::Config(format!("stage {stage:?} needs valence/arousal inputs"))
         })?;
         let l = va_loss(v.valence_pred, v.arousal_pred, v.valence, v.arousal, v.mask)?;
-        parts.va = Some(scalar(&l)?);
-        parts.va_samples = count_ones(v.mask)?;
-        add(l)?;
+        va_part = Some(scalar(&l)?);
+        va_samples = count_ones(v.mask)?;
+        terms.push(l);
     }
     if stage.uses_classes() {
         let c = class.ok_or_else(|| {
@@ -176,8 +163,8 @@ pub fn stage_loss(
             None => None,
         };
         let ce = cross_entropy(c.logits, c.targets, weights.as_ref(), cfg.label_smoothing)?;
-        parts.ce = Some(scalar(&ce)?);
-        parts.ce_samples = c
+        ce_part = Some(scalar(&ce)?);
+        ce_samples = c
             .targets
             .ge(0i64)?
             .to_dtype(DType::F64)?
@@ -188,16 +175,26 @@ pub fn stage_loss(
         } else {
             cfg.lambda
         };
-        add((ce * ce_weight)?)?;
+        terms.push((ce * ce_weight)?);
         if let Some(aux_logits) = c.aux_logits {
             let aux = cross_entropy(aux_logits, c.targets, weights.as_ref(), cfg.label_smoothing)?;
-            parts.aux = Some(scalar(&aux)?);
-            add((aux * cfg.aux_weight)?)?;
+            aux_part = Some(scalar(&aux)?);
+            terms.push((aux * cfg.aux_weight)?);
         }
     }
-    // Every stage adds at least one term, so `total` is set.
-    parts.total = total.expect("every stage has a loss term");
-    Ok(parts)
+    let mut terms = terms.into_iter();
+    let first = terms
+        .next()
+        .ok_or_else(|| LossError::Config(format!("stage {stage:?} has no loss term")))?;
+    let total = terms.try_fold(first, |acc, t| acc + t)?;
+    Ok(LossParts {
+        total,
+        ce: ce_part,
+        va: va_part,
+        aux: aux_part,
+        ce_samples,
+        va_samples,
+    })
 }
 
 fn count_ones(mask: &Tensor) -> Result<usize> {

@@ -80,6 +80,10 @@ pub fn mse(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
     if m.n == 0 {
         return zero(pred);
     }
+    mse_of(pred, &m)
+}
+
+fn mse_of(pred: &Tensor, m: &Masked) -> Result<Tensor> {
     let d = pred.sub(&m.target)?.mul(&m.mask)?;
     Ok((d.sqr()?.sum_all()? / m.n as f64)?)
 }
@@ -138,7 +142,16 @@ pub fn va_loss(
     arousal: &Tensor,
     va_mask: &Tensor,
 ) -> Result<Tensor> {
-    let v = (mse(valence_pred, valence, va_mask)? + ccc_loss(valence_pred, valence, va_mask)?)?;
-    let a = (mse(arousal_pred, arousal, va_mask)? + ccc_loss(arousal_pred, arousal, va_mask)?)?;
+    let v = va_term(valence_pred, valence, va_mask, "va_loss valence")?;
+    let a = va_term(arousal_pred, arousal, va_mask, "va_loss arousal")?;
     Ok((v + a)?)
+}
+
+/// `MSE + (1 - CCC)` of one target, reading its labels once (each read is a device sync on a GPU).
+fn va_term(pred: &Tensor, target: &Tensor, mask: &Tensor, what: &'static str) -> Result<Tensor> {
+    let m = prepare(pred, target, mask, what)?;
+    if m.n == 0 {
+        return zero(pred);
+    }
+    Ok((mse_of(pred, &m)? + ccc_of(pred, &m)?.affine(-1.0, 1.0)?)?)
 }
