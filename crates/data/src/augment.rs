@@ -339,7 +339,11 @@ pub fn warp<T: Copy + Into<f32>>(
 ) {
     let plane = size * size;
     assert_eq!(src.len(), 3 * plane, "source is not 3 x {size} x {size}");
-    assert_eq!(dst.len(), 3 * plane, "destination is not 3 x {size} x {size}");
+    assert_eq!(
+        dst.len(),
+        3 * plane,
+        "destination is not 3 x {size} x {size}"
+    );
     let s = size as f64;
     let (sin, cos) = angle_deg.to_radians().sin_cos();
     // Exact values at multiples of 90 degrees keep those rotations free of drift.
@@ -348,43 +352,82 @@ pub fn warp<T: Copy + Into<f32>>(
     let (sx, sy) = (crop.w / s, crop.h / s);
     let (cx, cy) = (crop.x + crop.w / 2.0, crop.y + crop.h / 2.0);
     let half = s / 2.0;
+    // The map is affine: index coordinate = base(v) + u * step. Written per row rather than
+    // accumulated, so whole-pixel steps (identity, quarter turns) stay exact.
+    let (step_x, step_y) = (cos * sx, sin * sy);
+    let ex0 = 0.5 - half;
+    let (src_r, rest) = src.split_at(plane);
+    let (src_g, src_b) = rest.split_at(plane);
+    let (dst_r, rest) = dst.split_at_mut(plane);
+    let (dst_g, dst_b) = rest.split_at_mut(plane);
+    let last = size as i64 - 1;
     for v in 0..size {
         let ey = v as f64 + 0.5 - half;
+        // Image rows grow downwards, so this rotation turns the content counter-clockwise.
+        let base_x = cx - 0.5 + sx * (cos * ex0 - sin * ey);
+        let base_y = cy - 0.5 + sy * (sin * ex0 + cos * ey);
         for u in 0..size {
-            let ex = u as f64 + 0.5 - half;
-            // Image rows grow downwards, so this matrix turns the content counter-clockwise.
-            let rx = cos * ex - sin * ey;
-            let ry = sin * ex + cos * ey;
-            // Continuous coordinate -> index coordinate of pixel centres.
-            let px = cx + rx * sx - 0.5;
-            let py = cy + ry * sy - 0.5;
+            let px = base_x + step_x * u as f64;
+            let py = base_y + step_y * u as f64;
+            let (x0, y0) = (px.floor(), py.floor());
+            let (fx, fy) = ((px - x0) as f32, (py - y0) as f32);
+            let (x0, y0) = (x0 as i64, y0 as i64);
+            let w = [
+                (1.0 - fx) * (1.0 - fy),
+                fx * (1.0 - fy),
+                (1.0 - fx) * fy,
+                fx * fy,
+            ];
             let o = v * size + u;
-            for c in 0..3 {
-                dst[c * plane + o] = bilinear(&src[c * plane..(c + 1) * plane], size, px, py, fill[c]);
+            if x0 >= 0 && y0 >= 0 && x0 < last && y0 < last {
+                let i = y0 as usize * size + x0 as usize;
+                let idx = [i, i + 1, i + size, i + size + 1];
+                dst_r[o] = blend(src_r, idx, w);
+                dst_g[o] = blend(src_g, idx, w);
+                dst_b[o] = blend(src_b, idx, w);
+            } else {
+                let inside = |x: i64, y: i64| (0..=last).contains(&x) && (0..=last).contains(&y);
+                let corners = [(x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)];
+                let idx =
+                    corners.map(|(x, y)| inside(x, y).then(|| y as usize * size + x as usize));
+                dst_r[o] = blend_edge(src_r, idx, w, fill[0]);
+                dst_g[o] = blend_edge(src_g, idx, w, fill[1]);
+                dst_b[o] = blend_edge(src_b, idx, w, fill[2]);
             }
         }
     }
 }
 
-/// Bilinear sample at index coordinates; neighbours outside the image count as `fill`.
-fn bilinear<T: Copy + Into<f32>>(plane: &[T], size: usize, x: f64, y: f64, fill: f32) -> f32 {
-    let (x0, y0) = (x.floor(), y.floor());
-    let (fx, fy) = (x - x0, y - y0);
-    let at = |xi: f64, yi: f64| -> f64 {
-        if xi < 0.0 || yi < 0.0 || xi >= size as f64 || yi >= size as f64 {
-            fill as f64
-        } else {
-            plane[yi as usize * size + xi as usize].into() as f64
-        }
-    };
-    let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1.0, y0) * fx;
-    let bottom = at(x0, y0 + 1.0) * (1.0 - fx) + at(x0 + 1.0, y0 + 1.0) * fx;
-    (top * (1.0 - fy) + bottom * fy) as f32
+#[inline(always)]
+fn blend<T: Copy + Into<f32>>(plane: &[T], idx: [usize; 4], w: [f32; 4]) -> f32 {
+    plane[idx[0]].into() * w[0]
+        + plane[idx[1]].into() * w[1]
+        + plane[idx[2]].into() * w[2]
+        + plane[idx[3]].into() * w[3]
+}
+
+/// Border case: corners outside the image count as `fill`.
+fn blend_edge<T: Copy + Into<f32>>(
+    plane: &[T],
+    idx: [Option<usize>; 4],
+    w: [f32; 4],
+    fill: f32,
+) -> f32 {
+    let mut acc = 0.0;
+    for k in 0..4 {
+        let v = idx[k].map_or(fill, |i| plane[i].into());
+        acc += v * w[k];
+    }
+    acc
 }
 
 /// Mirrors every row in place.
 pub fn hflip<T>(chw: &mut [T], size: usize) {
-    assert_eq!(chw.len(), 3 * size * size, "image is not 3 x {size} x {size}");
+    assert_eq!(
+        chw.len(),
+        3 * size * size,
+        "image is not 3 x {size} x {size}"
+    );
     for row in chw.chunks_exact_mut(size) {
         row.reverse();
     }

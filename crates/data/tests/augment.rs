@@ -148,7 +148,10 @@ fn quarter_turns_match_transpose_and_flip() {
                 if y == 0 || x == 0 || y == s - 1 || x == s - 1 {
                     continue;
                 }
-                assert!((o - w).abs() < 1e-3, "size {s} angle {angle} at {i}: {o} vs {w}");
+                assert!(
+                    (o - w).abs() < 1e-3,
+                    "size {s} angle {angle} at {i}: {o} vs {w}"
+                );
             }
         }
     }

@@ -15,7 +15,9 @@ const S: usize = 6;
 
 /// Sample `id`'s image: every byte depends on the id, so images identify their sample.
 fn img(id: usize, s: usize) -> Vec<u8> {
-    (0..3 * s * s).map(|j| ((id * 7 + j * 3) % 256) as u8).collect()
+    (0..3 * s * s)
+        .map(|j| ((id * 7 + j * 3) % 256) as u8)
+        .collect()
 }
 
 /// 13 samples in two shards (7 + 6), so batches of 5 straddle the shard boundary.
@@ -27,12 +29,21 @@ fn write_split(dir: &Path) {
         let mut d = ShardData::new(S);
         for _ in 0..n {
             let e = (id % 4) as i64 - 1;
-            let v = if id % 3 == 0 { f32::NAN } else { 0.05 * id as f32 };
-            let a = if id % 5 == 0 { f32::NAN } else { -0.03 * id as f32 };
+            let v = if id % 3 == 0 {
+                f32::NAN
+            } else {
+                0.05 * id as f32
+            };
+            let a = if id % 5 == 0 {
+                f32::NAN
+            } else {
+                -0.03 * id as f32
+            };
             d.push(&img(id, S), e, v, a, 1000 + id as i64);
             id += 1;
         }
-        d.write(&dir.join(format!("shard-{k:05}.safetensors"))).unwrap();
+        d.write(&dir.join(format!("shard-{k:05}.safetensors")))
+            .unwrap();
     }
 }
 
@@ -81,7 +92,10 @@ fn dataset_spans_both_shards() {
     // ids 0..13 with expression id % 4 - 1: four -1s, then classes 0, 1, 2 with 3 each.
     assert_eq!(ds.class_histogram(3).unwrap(), vec![3, 3, 3]);
     let err = ds.class_histogram(2).unwrap_err().to_string();
-    assert!(err.contains("class 2") && err.contains("source row"), "{err}");
+    assert!(
+        err.contains("class 2") && err.contains("source row"),
+        "{err}"
+    );
     assert!(ds.has_va() && ds.has_classes());
 }
 
@@ -96,7 +110,11 @@ fn every_sample_appears_once_per_epoch() {
     let sizes: Vec<usize> = batches.iter().map(Batch::len).collect();
     assert_eq!(sizes, vec![5, 5, 3]);
     let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
-    assert_ne!(seen, (0..13).collect::<Vec<_>>(), "shuffle left the order alone");
+    assert_ne!(
+        seen,
+        (0..13).collect::<Vec<_>>(),
+        "shuffle left the order alone"
+    );
     seen.sort();
     assert_eq!(seen, (0..13).collect::<Vec<_>>());
     for b in &batches {
@@ -125,7 +143,11 @@ fn unaugmented_batches_hold_the_normalised_dataset_images() {
     let loader = Loader::new(ds.clone(), LoaderConfig::eval(4), Device::Cpu).unwrap();
     let batches = collect(&loader, 3);
     let indices: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
-    assert_eq!(indices, (0..13).collect::<Vec<_>>(), "eval order is dataset order");
+    assert_eq!(
+        indices,
+        (0..13).collect::<Vec<_>>(),
+        "eval order is dataset order"
+    );
     let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
     for b in &batches {
         let got = f32s(&b.images);
@@ -135,7 +157,10 @@ fn unaugmented_batches_hold_the_normalised_dataset_images() {
                 let c = j / (S * S);
                 let want = (byte as f32 / 255.0 - mean[c]) / std[c];
                 let g = got[k * raw.len() + j];
-                assert!((g - want).abs() < 1e-5, "sample {id} byte {j}: {g} vs {want}");
+                assert!(
+                    (g - want).abs() < 1e-5,
+                    "sample {id} byte {j}: {g} vs {want}"
+                );
             }
         }
     }
@@ -159,15 +184,7 @@ fn epochs_are_reproducible_and_distinct() {
     assert!(same_batches(&e1, &collect(&fresh, 1)));
 
     // Another seed gives another order.
-    let other = Loader::new(
-        ds,
-        LoaderConfig {
-            seed: 43,
-            ..cfg(5)
-        },
-        Device::Cpu,
-    )
-    .unwrap();
+    let other = Loader::new(ds, LoaderConfig { seed: 43, ..cfg(5) }, Device::Cpu).unwrap();
     assert_ne!(other.epoch_order(1), loader.epoch_order(1));
 }
 
@@ -275,7 +292,10 @@ fn normalisation_of_black_and_white_pixels() {
     for c in 0..3 {
         for p in 0..4 {
             assert!((v[c * 4 + p] - black[c]).abs() < 1e-5, "black channel {c}");
-            assert!((v[12 + c * 4 + p] - white[c]).abs() < 1e-5, "white channel {c}");
+            assert!(
+                (v[12 + c * 4 + p] - white[c]).abs() < 1e-5,
+                "white channel {c}"
+            );
         }
     }
     let err = normalize_images(&raw, 3, 2, &Device::Cpu)
@@ -366,7 +386,10 @@ fn bad_folders_and_configs_are_clear_errors() {
             .unwrap();
     }
     let err = Dataset::open(&mixed).unwrap_err().to_string();
-    assert!(err.contains("shard-00001") && err.contains("image size 5"), "{err}");
+    assert!(
+        err.contains("shard-00001") && err.contains("image size 5"),
+        "{err}"
+    );
 
     let bad = tmp.path().join("bad");
     let mut d = ShardData::new(2);
@@ -374,7 +397,10 @@ fn bad_folders_and_configs_are_clear_errors() {
     d.push(&img(1, 2), -3, 0.0, 0.0, 1);
     d.write(&bad.join("shard-00000.safetensors")).unwrap();
     let err = Dataset::open(&bad).unwrap_err().to_string();
-    assert!(err.contains("shard-00000") && err.contains("row 1"), "{err}");
+    assert!(
+        err.contains("shard-00000") && err.contains("row 1"),
+        "{err}"
+    );
 
     let (_tmp, ds) = dataset();
     for (c, what) in [

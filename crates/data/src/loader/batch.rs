@@ -110,8 +110,14 @@ impl HostBatch {
             size: s,
             expression: labels.iter().map(|l| l.expression).collect(),
             class_mask: labels.iter().map(|l| mask(l.has_class())).collect(),
-            valence: labels.iter().map(|l| value(l.has_va(), l.valence)).collect(),
-            arousal: labels.iter().map(|l| value(l.has_va(), l.arousal)).collect(),
+            valence: labels
+                .iter()
+                .map(|l| value(l.has_va(), l.valence))
+                .collect(),
+            arousal: labels
+                .iter()
+                .map(|l| value(l.has_va(), l.arousal))
+                .collect(),
             va_mask: labels.iter().map(|l| mask(l.has_va())).collect(),
             indices: indices.to_vec(),
             source_rows: labels.iter().map(|l| l.source_row).collect(),

@@ -91,7 +91,8 @@ impl Dataset {
                     arousal: shard.arousal[i],
                     source_row: shard.source_row[i],
                 };
-                check_label(&label).map_err(|reason| invalid(&path, format!("row {i}: {reason}")))?;
+                check_label(&label)
+                    .map_err(|reason| invalid(&path, format!("row {i}: {reason}")))?;
                 labels.push(label);
             }
             if !shard.is_empty() {
@@ -134,7 +135,11 @@ impl Dataset {
     /// # Panics
     /// When `i >= len()`.
     pub fn image(&self, i: usize) -> &[u8] {
-        assert!(i < self.len(), "sample {i} out of range (len {})", self.len());
+        assert!(
+            i < self.len(),
+            "sample {i} out of range (len {})",
+            self.len()
+        );
         let k = self.starts.partition_point(|&s| s <= i) - 1;
         self.shards[k].image(i - self.starts[k])
     }

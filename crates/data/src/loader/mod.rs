@@ -223,8 +223,8 @@ impl Loader {
                     for k in first..total {
                         let start = k * b;
                         let end = (start + b).min(order.len());
-                        let built =
-                            pool.install(|| HostBatch::build(&spec, start, &order[start..end], &stop));
+                        let built = pool
+                            .install(|| HostBatch::build(&spec, start, &order[start..end], &stop));
                         // A closed channel or a raised flag means the consumer has gone.
                         let Some(batch) = built else { return };
                         if tx.send(batch).is_err() {
