@@ -36,40 +36,49 @@ fn position_attention_map_is_a_distribution() {
 }
 
 #[test]
-fn position_attention_varies_with_content() {
-    // The map must depend on where the features are: a bright spot draws different weights
-    // than a flat map, which gets uniform weights (all positions score the same).
+fn position_attention_flat_map_gets_uniform_weights() {
+    // Every position of a constant map scores the same, whatever the weights.
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev());
     let att = PositionAttention::new(2, &PositionAttentionConfig { d: 4, a: 3 }, vb).unwrap();
-    let flat = Tensor::ones((1, 2, 3, 3), DType::F32, &dev()).unwrap();
-    let alpha: Vec<f32> = att
-        .forward(&flat)
-        .unwrap()
-        .alpha
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let flat = (Tensor::ones((1, 2, 3, 3), DType::F32, &dev()).unwrap() * 0.7).unwrap();
+    let alpha = att.forward(&flat).unwrap().alpha;
+    let alpha: Vec<f32> = alpha.flatten_all().unwrap().to_vec1().unwrap();
     assert!(
         alpha.iter().all(|a| (a - 1.0 / 9.0).abs() < 1e-6),
         "{alpha:?}"
     );
-    let mut spot = vec![0f32; 18];
-    spot[4] = 5.0;
-    let spot = Tensor::from_vec(spot, (1, 2, 3, 3), &dev()).unwrap();
-    let alpha: Vec<f32> = att
-        .forward(&spot)
-        .unwrap()
-        .alpha
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
+}
+
+#[test]
+fn position_attention_hand_computed() {
+    // C = d = a = 1 with unit weights and zero biases: p = f, e = tanh(f), v = u + g.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev());
+    let att = PositionAttention::new(1, &PositionAttentionConfig { d: 1, a: 1 }, vb).unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let value = if name.ends_with("bias") { 0.0 } else { 1.0 };
+        var.set(
+            &var.as_tensor()
+                .ones_like()
+                .unwrap()
+                .affine(0.0, value)
+                .unwrap(),
+        )
         .unwrap();
-    assert!(
-        alpha.iter().any(|a| (a - 1.0 / 9.0).abs() > 1e-3),
-        "{alpha:?}"
-    );
+    }
+    let f = Tensor::new(&[0f64, 5.0], &dev())
+        .unwrap()
+        .reshape((1, 1, 1, 2))
+        .unwrap();
+    let out = att.forward(&f).unwrap();
+    let w = 5f64.tanh().exp();
+    let alpha = [1.0 / (1.0 + w), w / (1.0 + w)];
+    let v = alpha[1] * 5.0 + 2.5;
+    let got_alpha: Vec<f64> = out.alpha.flatten_all().unwrap().to_vec1().unwrap();
+    let got_v: f64 = out.v.flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];
+    assert!((got_alpha[0] - alpha[0]).abs() < 1e-12 && (got_alpha[1] - alpha[1]).abs() < 1e-12);
+    assert!((got_v - v).abs() < 1e-12, "{got_v} vs {v}");
 }
 
 #[test]
