@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use fer_data::manifest::Manifest;
 use fer_data::prepare::{prepare_with_report, PrepareConfig, RunReport, Source};
+use fer_data::synth::SynthConfig;
 
 #[derive(clap::Args)]
 #[command(group(
@@ -55,6 +56,9 @@ pub struct BenchPrepareArgs {
     /// Training images to generate (validation gets a tenth more).
     #[arg(long, default_value_t = 1000)]
     count: usize,
+    /// Side of the generated source images (AffectNet's are mostly a few hundred pixels).
+    #[arg(long, default_value_t = 448)]
+    image_size: u32,
     /// Decoding threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -123,15 +127,20 @@ pub fn bench(args: BenchPrepareArgs) -> anyhow::Result<()> {
 
 fn bench_in(root: &Path, args: &BenchPrepareArgs) -> anyhow::Result<()> {
     let src = root.join("affectnet");
-    let val = (args.count / 10).max(1);
+    let synth = SynthConfig {
+        train: args.count,
+        val: (args.count / 10).max(8),
+        image_size: args.image_size,
+        ..SynthConfig::default()
+    };
     let t = std::time::Instant::now();
-    bench_data::write_affectnet(&src, args.count, val)?;
+    fer_data::synth::generate(&src, &synth)?;
     println!(
-        "generated {} + {val} JPEGs ({}x{}) in {:.1} s",
-        args.count,
-        bench_data::WIDTH,
-        bench_data::HEIGHT,
-        t.elapsed().as_secs_f64()
+        "generated {} + {} synthetic faces ({px}x{px} JPEGs) in {:.1} s",
+        synth.train,
+        synth.val,
+        t.elapsed().as_secs_f64(),
+        px = args.image_size
     );
     let source = Source::AffectNet { root: src };
     for size in [112, 224] {
@@ -151,78 +160,4 @@ fn bench_in(root: &Path, args: &BenchPrepareArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A small stand-in for real photographs: JPEGs of AffectNet-like size with smooth shading,
-/// a bright ellipse for the face and pixel noise (so they compress like photos, not flat art).
-mod bench_data {
-    use std::fmt::Write as _;
-    use std::path::Path;
-
-    use anyhow::Context;
-
-    pub const WIDTH: u32 = 480;
-    pub const HEIGHT: u32 = 360;
-
-    pub fn write_affectnet(root: &Path, train: usize, val: usize) -> anyhow::Result<()> {
-        let lists = root.join("Manually_Annotated_file_lists");
-        std::fs::create_dir_all(&lists)?;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for (file, n, tag) in [("training.csv", train, "t"), ("validation.csv", val, "v")] {
-            let mut csv = String::from(
-                "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n",
-            );
-            for i in 0..n {
-                let rel = format!("{}/{tag}{i:06}.jpg", i % 100);
-                let face = 140 + (next(&mut seed) % 120) as u32;
-                let x = (next(&mut seed) % (WIDTH - face) as u64) as u32;
-                let y = (next(&mut seed) % (HEIGHT - face) as u64) as u32;
-                let img = picture(x, y, face, &mut seed);
-                let path = root.join("Manually_Annotated_Images").join(&rel);
-                std::fs::create_dir_all(path.parent().unwrap())?;
-                img.save(&path)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                let code = next(&mut seed) % 8;
-                let v = (next(&mut seed) % 2001) as f64 / 1000.0 - 1.0;
-                let a = (next(&mut seed) % 2001) as f64 / 1000.0 - 1.0;
-                writeln!(csv, "{rel},{x},{y},{face},{face},1.0;2.0,{code},{v},{a}")?;
-            }
-            std::fs::write(lists.join(file), csv)?;
-        }
-        Ok(())
-    }
-
-    fn next(s: &mut u64) -> u64 {
-        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn picture(x: u32, y: u32, face: u32, seed: &mut u64) -> image::RgbImage {
-        let (cx, cy, r) = (
-            (x + face / 2) as f32,
-            (y + face / 2) as f32,
-            face as f32 / 2.0,
-        );
-        let mut noise = next(seed);
-        image::RgbImage::from_fn(WIDTH, HEIGHT, |px, py| {
-            noise = noise
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            let n = ((noise >> 59) as i32) - 16;
-            let d = ((px as f32 - cx).powi(2) + ((py as f32 - cy) * 1.2).powi(2)).sqrt() / r;
-            let base = if d < 1.0 {
-                [220.0 - 60.0 * d, 170.0 - 50.0 * d, 140.0 - 40.0 * d]
-            } else {
-                [
-                    40.0 + px as f32 / 4.0,
-                    60.0 + py as f32 / 4.0,
-                    90.0 + (px + py) as f32 / 8.0,
-                ]
-            };
-            image::Rgb(base.map(|c| (c as i32 + n).clamp(0, 255) as u8))
-        })
-    }
 }
