@@ -262,7 +262,7 @@ mod tests {
     fn wrong_dtype_and_shape_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.safetensors");
-        let data = vec![0u8; 4 * 6];
+        let data = [0u8; 4 * 6];
         let views = vec![
             (
                 "images",
