@@ -89,7 +89,7 @@ pub fn run(args: PrepareArgs) -> anyhow::Result<()> {
         progress: true,
     };
     let (manifest, report) = prepare_with_report(&source, &out, &config)
-        .with_context(|| format!("preparing {}", out.display()))?;
+        .with_context(|| format!("preparing a dataset into {}", out.display()))?;
     print_summary(&out, &manifest, &report);
     Ok(())
 }

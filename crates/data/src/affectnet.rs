@@ -79,6 +79,12 @@ pub fn read_list(
             Err((reason, detail)) => out.skip(split, row, name, reason, detail),
         }
     })?;
+    if rows == 0 {
+        return Err(Error::Invalid {
+            path: csv_path.to_path_buf(),
+            reason: "no data rows below the header".into(),
+        });
+    }
     out.rows = rows;
     Ok(out)
 }

@@ -72,6 +72,12 @@ pub fn read(file: &Path, images: &Path, num_classes: usize, val_fraction: f64) -
             }
         }
     })?;
+    if rows == 0 {
+        return Err(Error::Invalid {
+            path: file.to_path_buf(),
+            reason: "no data rows below the header".into(),
+        });
+    }
     debug_assert_eq!(rows, splits_of_row.len());
     for (i, split) in listing.splits.iter_mut().enumerate() {
         split.rows = splits_of_row.iter().filter(|&&s| s == i).count();

@@ -154,6 +154,23 @@ fn a_rerun_resumes_from_valid_shards() {
     assert_eq!((r3.shards_written, r3.shards_reused), (1, 7));
     assert_eq!(files(&out), reference);
 
+    // So is one with a wrong image shape, and a valid shard of another image size.
+    let data = [0u8; 24];
+    let views = vec![(
+        "images",
+        safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![2, 2, 3, 2], &data[..])
+            .unwrap(),
+    )];
+    fs::write(&bad, safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut other = fer_data::shard::ShardData::new(8);
+    other.push(&[0u8; 3 * 8 * 8], 1, 0.0, 0.0, 0);
+    other
+        .write(&out.join("train/shard-00004.safetensors"))
+        .unwrap();
+    let (_, r) = prepare_with_report(&source, &out, &cfg).unwrap();
+    assert_eq!((r.shards_written, r.shards_reused), (2, 6));
+    assert_eq!(files(&out), reference);
+
     // A shard holding other rows than its block (a different source) is rebuilt too.
     fs::copy(
         out.join("train/shard-00002.safetensors"),

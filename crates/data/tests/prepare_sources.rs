@@ -308,7 +308,7 @@ fn missing_sources_are_errors_naming_the_path() {
 
     // The root exists but the validation list does not.
     let root = dir.path().join("half");
-    affectnet_tree(&root, &[], &[]);
+    affectnet_tree(&root, &["0/a.jpg,0,0,9,9,,1,0,0"], &[]);
     fs::remove_file(root.join(affectnet::VAL_LIST)).unwrap();
     let err = prepare(&Source::AffectNet { root }, &out, &cfg)
         .unwrap_err()
@@ -326,6 +326,33 @@ fn missing_sources_are_errors_naming_the_path() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("none.csv"), "{err}");
+
+    // A list with a header and nothing else is an error, not an empty dataset.
+    let header_only = dir.path().join("header-only.csv");
+    fs::write(&header_only, "path,expression,valence,arousal\n").unwrap();
+    let err = prepare(
+        &Source::Csv {
+            file: header_only,
+            images: dir.path().to_path_buf(),
+        },
+        &out,
+        &cfg,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("header-only.csv") && err.contains("no data rows"),
+        "{err}"
+    );
+    let root = dir.path().join("empty-lists");
+    affectnet_tree(&root, &[], &[]);
+    let err = prepare(&Source::AffectNet { root }, &out, &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("training.csv") && err.contains("no data rows"),
+        "{err}"
+    );
 
     // A list without a required column.
     let root = dir.path().join("nocol");
