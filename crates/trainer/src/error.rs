@@ -24,6 +24,12 @@ pub enum Error {
     Checkpoint(String),
     #[error("{0}")]
     Data(String),
+    #[error(transparent)]
+    Dataset(#[from] fer_data::Error),
+    #[error(transparent)]
+    Model(#[from] fer_model::Error),
+    #[error(transparent)]
+    Loss(#[from] fer_losses::LossError),
     #[error("plot {path}: {message}")]
     Plot { path: PathBuf, message: String },
 }

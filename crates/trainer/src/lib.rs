@@ -19,9 +19,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod cli;
 pub mod clip;
+pub mod config;
+pub mod default_run;
 pub mod error;
+pub mod evaluate;
+pub mod init;
 pub mod optim;
+pub mod plan;
+pub mod plots;
+pub mod predict;
+pub mod report;
 pub mod schedule;
+pub mod state;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,11 @@
 //! The `trainer` binary: two-stage training, evaluation and prediction for 2Att-2Mt.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the trainer is not built yet")
+use clap::Parser;
+
+fn main() {
+    let cli = trainer::cli::Cli::parse();
+    if let Err(e) = trainer::cli::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,314 @@
+//! The command line (clap derive) and what each command does.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Overrides, TrainConfig};
+use crate::evaluate::evaluate;
+use crate::report::{self, MetricsJson, ReportInput};
+use crate::state::{keys, TrainState};
+use crate::train::{self, Outcome, TrainArgs};
+use crate::{predict, Error, Result};
+
+/// Train, evaluate and run the 2Att-2Mt facial emotion model (valence/arousal + expression).
+///
+/// With no command, runs the embedded default: builds the synthetic face set in
+/// `data/synthetic-raw` if missing, prepares it into `data/synthetic`, trains stage 1 and
+/// stage 2 with `configs/default-cpu.toml` (built in), evaluates on the validation split,
+/// writes `runs/default-<timestamp>/` and prints the final metrics.
+#[derive(Parser, Debug)]
+#[command(name = "trainer", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Compute threads (0 = one per core).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train on a prepared dataset and write a run folder (checkpoints, metrics, report).
+    Train(TrainCmd),
+    /// Evaluate a checkpoint on a prepared split and print the metrics as JSON.
+    Eval(EvalCmd),
+    /// Predict expression, class probabilities, valence and arousal for image files or folders.
+    Predict(PredictCmd),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+pub fn device(d: DeviceArg) -> Result<Device> {
+    match d {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda if candle_core::utils::cuda_is_available() => Ok(Device::new_cuda(0)?),
+        DeviceArg::Cuda => Err(Error::Config(
+            "--device cuda: this build has no CUDA support (build with --features cuda)".into(),
+        )),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainCmd {
+    /// Prepared dataset folder (with manifest.json, train/ and val/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Training config (TOML); the embedded CPU default when left out.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run folder to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint, exactly where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Epochs of every stage.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate (replaces the stages' own).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many epochs, as if killed (for testing resume).
+    #[arg(long, hide = true)]
+    pub stop_after_epochs: Option<usize>,
+    /// Make the loss NaN at this step of a stage (for testing the NaN stop).
+    #[arg(long, hide = true)]
+    pub fault_nan_step: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Split {
+    Val,
+    Test,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalCmd {
+    /// A checkpoint written by `trainer train` (best.safetensors or last.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Prepared dataset folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "val")]
+    pub split: Split,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictCmd {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output file (.jsonl or .csv); JSON lines on stdout when left out.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write a PNG of the first-level attention maps over each face into this folder.
+    #[arg(long)]
+    pub heatmaps: Option<PathBuf>,
+    /// Face box x,y,w,h in pixels, applied to every image (cropped with the training margin);
+    /// without it the whole image is taken as the face.
+    #[arg(long = "box")]
+    pub face_box: Option<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Image files or folders (searched recursively for .png/.jpg/.jpeg).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if cli.threads > 0 {
+        // Ignored if the pool exists already (only in tests that call run twice).
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(cli.threads)
+            .build_global();
+    }
+    match cli.command {
+        None => crate::default_run::run(),
+        Some(Command::Train(t)) => run_train(t),
+        Some(Command::Eval(e)) => run_eval(e),
+        Some(Command::Predict(p)) => run_predict(p),
+    }
+}
+
+fn run_train(t: TrainCmd) -> Result<()> {
+    let overrides = Overrides {
+        epochs: t.epochs,
+        batch_size: t.batch_size,
+        lr: t.lr,
+        seed: t.seed,
+    };
+    let config = match &t.config {
+        Some(p) => {
+            let mut c = TrainConfig::from_file(p)?;
+            c.apply(&overrides)?;
+            Some(c)
+        }
+        None if t.resume => None,
+        None => {
+            let mut c = TrainConfig::default_cpu();
+            c.apply(&overrides)?;
+            Some(c)
+        }
+    };
+    let args = TrainArgs {
+        data: t.data,
+        out: t.out,
+        config,
+        resume: t.resume,
+        device: device(t.device)?,
+        stop_after_epochs: t.stop_after_epochs,
+        fault_nan_step: t.fault_nan_step,
+    };
+    let m = train_and_report(args)?;
+    if let Some(m) = m {
+        println!("{}", report::table(&m));
+    }
+    Ok(())
+}
+
+/// Trains, then writes metrics.json, the figures and report.md. `None` when stopped early on
+/// purpose (`--stop-after-epochs`).
+pub fn train_and_report(args: TrainArgs) -> Result<Option<MetricsJson>> {
+    let out = args.out.clone();
+    let data = args.data.clone();
+    let device = args.device.clone();
+    let f = match train::train(args)? {
+        Outcome::Stopped { .. } => return Ok(None),
+        Outcome::Finished(f) => f,
+    };
+    let last_stage = f.stages.last().map_or("", |s| s.name);
+    let metrics = MetricsJson::new(
+        &f.evaluation.metrics,
+        f.manifest.class_names.clone(),
+        last_stage,
+        f.state.history.len(),
+        f.state.train_seconds,
+    );
+    let names: Vec<&str> = f.stages.iter().map(|s| s.name).collect();
+    let toml = f.config.to_toml()?;
+    report::write(&ReportInput {
+        out: &out,
+        metrics: &metrics,
+        history: &f.state.history,
+        stages: &names,
+        notes: &f.notes,
+        config_toml: &toml,
+        data: &data,
+        evaluation: &f.evaluation,
+        model: &f.model,
+        val: &f.val,
+        faces: f.config.report_faces,
+        device: &device,
+    })?;
+    eprintln!("run folder: {}", out.display());
+    Ok(Some(metrics))
+}
+
+fn run_eval(e: EvalCmd) -> Result<()> {
+    let device = device(e.device)?;
+    let m = eval_checkpoint(&e.checkpoint, &e.data, e.split, e.batch_size, &device)?;
+    println!("{}", m.to_json());
+    Ok(())
+}
+
+fn load_checkpoint(path: &Path, device: &Device) -> Result<fer_model::checkpoint::Checkpoint> {
+    if !path.is_file() {
+        return Err(Error::Checkpoint(format!(
+            "{}: no such checkpoint file",
+            path.display()
+        )));
+    }
+    Ok(fer_model::checkpoint::load(path, device)?)
+}
+
+pub fn eval_checkpoint(
+    ck_path: &Path,
+    data: &Path,
+    split: Split,
+    batch: usize,
+    device: &Device,
+) -> Result<MetricsJson> {
+    let ck = load_checkpoint(ck_path, device)?;
+    let spec = predict::InputSpec::from_checkpoint(&ck)?;
+    let manifest = train::load_manifest(data)?;
+    let split_name = match split {
+        Split::Val => "val",
+        Split::Test => "test",
+    };
+    let dir = data.join(split_name);
+    if !dir.is_dir() {
+        return Err(Error::Data(format!(
+            "{}: the dataset has no {split_name} split",
+            dir.display()
+        )));
+    }
+    let ds = std::sync::Arc::new(fer_data::loader::Dataset::open(&dir)?);
+    if ds.image_size() != spec.size {
+        return Err(Error::Data(format!(
+            "{} holds {} px images but the checkpoint {} was trained on {} px",
+            dir.display(),
+            ds.image_size(),
+            ck_path.display(),
+            spec.size
+        )));
+    }
+    if manifest.num_classes != ck.config.num_classes {
+        return Err(Error::Data(format!(
+            "{} has {} classes but the checkpoint {} predicts {}",
+            data.display(),
+            manifest.num_classes,
+            ck_path.display(),
+            ck.config.num_classes
+        )));
+    }
+    let (_, model) = ck.build(device)?;
+    let ev = evaluate(&model, ds, batch, 1, device)?;
+    let state: Option<TrainState> = ck
+        .meta
+        .get(keys::STATE)
+        .and_then(|s| serde_json::from_str(s).ok());
+    Ok(MetricsJson::new(
+        &ev.metrics,
+        manifest.class_names.clone(),
+        ck.meta.get(keys::STAGE).map_or("", String::as_str),
+        state.as_ref().map_or(0, |s| s.history.len()),
+        state.as_ref().map_or(0.0, |s| s.train_seconds),
+    ))
+}
+
+fn run_predict(p: PredictCmd) -> Result<()> {
+    let device = device(p.device)?;
+    let ck = load_checkpoint(&p.checkpoint, &device)?;
+    let spec = predict::InputSpec::from_checkpoint(&ck)?;
+    let (_, model) = ck.build(&device)?;
+    let face = p.face_box.as_deref().map(predict::parse_box).transpose()?;
+    let images = predict::collect_images(&p.paths)?;
+    // Fail on a bad --out before the work.
+    predict::format_predictions(&[], p.out.as_deref(), &spec.classes)?;
+    let preds = predict::predict(&model, &spec, &images, face, p.heatmaps.as_deref(), &device)?;
+    let text = predict::format_predictions(&preds, p.out.as_deref(), &spec.classes)?;
+    match &p.out {
+        Some(path) => {
+            fer_data::atomic::write_atomic(path, text.as_bytes())?;
+            eprintln!("{} predictions written to {}", preds.len(), path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}

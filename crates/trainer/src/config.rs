@@ -1,0 +1,277 @@
+//! The run configuration: one TOML file with the model, loss, optimizer, data and stage sections.
+
+use std::path::{Path, PathBuf};
+
+use fer_data::augment::AugmentConfig;
+use fer_losses::LossConfig;
+use fer_model::ModelConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::OptimizerConfig;
+use crate::{Error, Result};
+
+/// The configuration `trainer` uses when run with no arguments.
+pub const DEFAULT_CPU_TOML: &str = include_str!("../../../configs/default-cpu.toml");
+
+/// What is trained, in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Stage 1 categorical, then stage 2 `L_va + lambda L_ce` from the stage-1 weights.
+    TwoStage,
+    /// One stage with both losses.
+    Joint,
+    /// One stage, valence/arousal only, no categorical head.
+    VaOnly,
+}
+
+/// Loader settings for training (evaluation never augments or shuffles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// The loader's own decoding/augmentation threads (separate from the compute threads).
+    pub loader_threads: usize,
+    pub prefetch: usize,
+    /// Class-balanced sampling (with replacement).
+    pub balanced: bool,
+    /// Inverse-frequency class weights in the cross-entropy, from the training histogram.
+    pub class_weighted: bool,
+    pub augment: AugmentConfig,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            eval_batch_size: 64,
+            loader_threads: 1,
+            prefetch: 2,
+            balanced: false,
+            class_weighted: false,
+            augment: AugmentConfig::default(),
+        }
+    }
+}
+
+/// One training stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageConfig {
+    pub epochs: usize,
+    /// Overrides `optimizer.lr` for this stage.
+    pub lr: Option<f64>,
+    /// Linear warm-up length in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    /// Floor of the cosine decay as a fraction of the stage's learning rate.
+    pub min_lr_factor: f64,
+    /// Stop after this many epochs without a better validation score (none: never stop early).
+    pub patience: Option<usize>,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            lr: None,
+            warmup_epochs: 1.0,
+            min_lr_factor: 0.01,
+            patience: None,
+        }
+    }
+}
+
+/// Everything a training run needs besides the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub mode: Mode,
+    /// Seeds the weight initialisation and every random draw of the loader.
+    pub seed: u64,
+    /// Clip the gradients to this global L2 norm (none: no clipping).
+    pub clip_grad_norm: Option<f64>,
+    /// torchvision ResNet weights (`.pth` or `.safetensors`) to start the backbone from.
+    pub backbone_weights: Option<PathBuf>,
+    /// Faces drawn in the attention heat-map figure of the report.
+    pub report_faces: usize,
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    pub optimizer: OptimizerConfig,
+    pub data: DataConfig,
+    /// Stage 1 of `two-stage`; the single stage of `joint` and `va-only`.
+    pub stage1: StageConfig,
+    /// Stage 2 of `two-stage` (unused otherwise).
+    pub stage2: StageConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::TwoStage,
+            seed: 0,
+            clip_grad_norm: Some(5.0),
+            backbone_weights: None,
+            report_faces: 6,
+            model: ModelConfig::default(),
+            loss: LossConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            data: DataConfig::default(),
+            stage1: StageConfig::default(),
+            stage2: StageConfig::default(),
+        }
+    }
+}
+
+/// Command-line values that replace config fields.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+impl TrainConfig {
+    pub fn from_toml_str(s: &str, origin: &Path) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(s).map_err(|e| Error::ConfigFile {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|e| Error::ConfigFile {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&s, path)
+    }
+
+    /// The embedded default (`configs/default-cpu.toml`).
+    pub fn default_cpu() -> Self {
+        Self::from_toml_str(DEFAULT_CPU_TOML, Path::new("configs/default-cpu.toml"))
+            .expect("the embedded default config is valid")
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// `--epochs` sets every stage's epochs; `--lr` the base rate (and clears stage overrides).
+    pub fn apply(&mut self, o: &Overrides) -> Result<()> {
+        if let Some(e) = o.epochs {
+            self.stage1.epochs = e;
+            self.stage2.epochs = e;
+        }
+        if let Some(b) = o.batch_size {
+            self.data.batch_size = b;
+        }
+        if let Some(lr) = o.lr {
+            self.optimizer.lr = lr;
+            self.stage1.lr = None;
+            self.stage2.lr = None;
+        }
+        if let Some(s) = o.seed {
+            self.seed = s;
+        }
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model
+            .validate()
+            .map_err(|e| Error::Config(format!("model: {e}")))?;
+        self.loss
+            .validate()
+            .map_err(|e| Error::Config(format!("loss: {e}")))?;
+        self.optimizer.validate()?;
+        self.data
+            .augment
+            .validate()
+            .map_err(|e| Error::Config(format!("data.augment: {e}")))?;
+        if self.data.batch_size == 0 || self.data.eval_batch_size == 0 {
+            return Err(Error::Config("data: batch sizes must be at least 1".into()));
+        }
+        if self.data.loader_threads == 0 {
+            return Err(Error::Config(
+                "data.loader_threads must be at least 1".into(),
+            ));
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if c.is_nan() || c <= 0.0 {
+                return Err(Error::Config("clip_grad_norm must be > 0".into()));
+            }
+        }
+        for (name, s) in [("stage1", &self.stage1), ("stage2", &self.stage2)] {
+            if s.epochs == 0 {
+                return Err(Error::Config(format!("{name}.epochs must be at least 1")));
+            }
+            if let Some(lr) = s.lr {
+                if lr.is_nan() || lr <= 0.0 {
+                    return Err(Error::Config(format!("{name}.lr must be > 0")));
+                }
+            }
+            if s.warmup_epochs.is_nan() || s.warmup_epochs < 0.0 {
+                return Err(Error::Config(format!("{name}.warmup_epochs must be >= 0")));
+            }
+            if !(0.0..=1.0).contains(&s.min_lr_factor) {
+                return Err(Error::Config(format!(
+                    "{name}.min_lr_factor must be in [0, 1]"
+                )));
+            }
+        }
+        if self.mode == Mode::VaOnly && self.model.categorical {
+            // va-only has no categorical head; say so rather than silently changing the model.
+            return Err(Error::Config(
+                "mode = \"va-only\" needs model.categorical = false".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_round_trips() {
+        let cfg = TrainConfig::default_cpu();
+        let back = TrainConfig::from_toml_str(&cfg.to_toml().unwrap(), Path::new("x")).unwrap();
+        assert_eq!(cfg, back);
+    }
+
+    #[test]
+    fn unknown_field_names_the_file() {
+        let err =
+            TrainConfig::from_toml_str("mode = \"two-stage\"\nepochz = 3\n", Path::new("a.toml"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("a.toml") && err.contains("epochz"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let mut cfg = TrainConfig::default();
+        cfg.stage2.lr = Some(0.3);
+        cfg.apply(&Overrides {
+            epochs: Some(3),
+            batch_size: Some(7),
+            lr: Some(0.02),
+            seed: Some(9),
+        })
+        .unwrap();
+        assert_eq!((cfg.stage1.epochs, cfg.stage2.epochs), (3, 3));
+        assert_eq!(cfg.data.batch_size, 7);
+        assert_eq!((cfg.optimizer.lr, cfg.stage2.lr, cfg.seed), (0.02, None, 9));
+        assert!(cfg
+            .apply(&Overrides {
+                epochs: Some(0),
+                ..Default::default()
+            })
+            .is_err());
+    }
+}

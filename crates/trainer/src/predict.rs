@@ -1,0 +1,320 @@
+//! Prediction on image files: crop (optionally by a face box), resize as the training data was
+//! prepared, and report class probabilities and valence/arousal per image.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use fast_image_resize::Resizer;
+use fer_data::crop::{crop_resize_chw, square_crop, whole, FaceBox};
+use fer_data::loader::normalize_images;
+use fer_model::checkpoint::Checkpoint;
+use fer_model::TwoAttTwoMt;
+use serde::Serialize;
+
+use crate::plots::{self, AttentionFace};
+use crate::state::keys;
+use crate::{Error, Result};
+
+/// One line of the output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub path: String,
+    /// `None` for a model without a categorical head.
+    pub expression: Option<String>,
+    pub probabilities: Option<BTreeMap<String, f32>>,
+    pub valence: f32,
+    pub arousal: f32,
+}
+
+/// What the checkpoint says about its input.
+pub struct InputSpec {
+    pub size: usize,
+    pub margin: f64,
+    pub classes: Vec<String>,
+}
+
+impl InputSpec {
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
+        let get = |k: &str| {
+            ck.meta.get(k).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{}: no `{k}` metadata: not written by `trainer train`",
+                    ck.path.display()
+                ))
+            })
+        };
+        let bad = |k: &str| Error::Checkpoint(format!("{}: bad `{k}` metadata", ck.path.display()));
+        Ok(Self {
+            size: get(keys::IMAGE_SIZE)?
+                .parse()
+                .map_err(|_| bad(keys::IMAGE_SIZE))?,
+            margin: get(keys::MARGIN)?.parse().map_err(|_| bad(keys::MARGIN))?,
+            classes: serde_json::from_str(get(keys::CLASS_NAMES)?)
+                .map_err(|_| bad(keys::CLASS_NAMES))?,
+        })
+    }
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+/// Files named on the command line, folders walked recursively (sorted, images only).
+pub fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+            .collect::<Result<_>>()?;
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = vec![];
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::Data(format!(
+                "{}: no such file or folder",
+                p.display()
+            )));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Data(
+            "no .png/.jpg/.jpeg images in the given paths".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Parses `x,y,w,h`.
+pub fn parse_box(s: &str) -> Result<FaceBox> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|t| t.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::Config(format!("--box {s:?}: expected four numbers x,y,w,h")))?;
+    match v[..] {
+        [x, y, w, h] if w > 0.0 && h > 0.0 => Ok(FaceBox { x, y, w, h }),
+        _ => Err(Error::Config(format!(
+            "--box {s:?}: expected x,y,w,h with w, h > 0"
+        ))),
+    }
+}
+
+/// Decodes, crops and resizes one image to CHW bytes.
+pub fn load_face(
+    path: &Path,
+    face: Option<FaceBox>,
+    spec: &InputSpec,
+    resizer: &mut Resizer,
+) -> Result<Vec<u8>> {
+    let img = image::open(path)
+        .map_err(|e| Error::Data(format!("{}: cannot decode image: {e}", path.display())))?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let rect = match face {
+        Some(b) => square_crop(b, spec.margin, w, h).map_err(|e| {
+            Error::Data(format!(
+                "{}: face box does not fit the {w}x{h} image: {e:?}",
+                path.display()
+            ))
+        })?,
+        None => whole(w, h),
+    };
+    Ok(crop_resize_chw(
+        resizer,
+        img.as_raw(),
+        w,
+        h,
+        rect,
+        spec.size as u32,
+    ))
+}
+
+/// Predicts every image, in batches; writes heat maps when `heatmaps` is set.
+pub fn predict(
+    model: &TwoAttTwoMt,
+    spec: &InputSpec,
+    images: &[PathBuf],
+    face: Option<FaceBox>,
+    heatmaps: Option<&Path>,
+    device: &Device,
+) -> Result<Vec<Prediction>> {
+    let mut resizer = Resizer::new();
+    let mut out = vec![];
+    let taps = model.config().backbone.taps.clone();
+    for (chunk_no, chunk) in images.chunks(32).enumerate() {
+        let faces: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|p| load_face(p, face, spec, &mut resizer))
+            .collect::<Result<_>>()?;
+        let n = faces.len();
+        let x = normalize_images(&faces.concat(), n, spec.size, device)?;
+        let o = model.forward(&x, false)?;
+        let probs = match &o.logits {
+            Some(l) => {
+                Some(candle_nn::ops::softmax(&l.to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?)
+            }
+            None => None,
+        };
+        let (v, a) = (o.valence.to_vec1::<f32>()?, o.arousal.to_vec1::<f32>()?);
+        for (i, path) in chunk.iter().enumerate() {
+            let (expression, probabilities) = match &probs {
+                Some(p) => {
+                    let row = &p[i];
+                    let k = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (k, &x)| if x > row[b] { k } else { b });
+                    let name = |k: usize| {
+                        spec.classes
+                            .get(k)
+                            .cloned()
+                            .unwrap_or_else(|| format!("class{k}"))
+                    };
+                    let map = row.iter().enumerate().map(|(k, &x)| (name(k), x)).collect();
+                    (Some(name(k)), Some(map))
+                }
+                None => (None, None),
+            };
+            if let Some(dir) = heatmaps {
+                let maps = o
+                    .alpha
+                    .iter()
+                    .map(|t| -> Result<(usize, usize, Vec<f32>)> {
+                        let (_, h, w) = t.dims3()?;
+                        Ok((h, w, t.get(i)?.flatten_all()?.to_vec1::<f32>()?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+                let file = dir.join(format!("{:04}-{stem}.png", chunk_no * 32 + i));
+                let caption = format!(
+                    "{} | V {:+.2} A {:+.2}",
+                    expression.as_deref().unwrap_or("-"),
+                    v[i],
+                    a[i]
+                );
+                plots::attention(
+                    &file,
+                    &[AttentionFace {
+                        image: faces[i].clone(),
+                        size: spec.size,
+                        maps,
+                        caption,
+                    }],
+                    &taps,
+                )?;
+            }
+            out.push(Prediction {
+                path: path.display().to_string(),
+                expression,
+                probabilities,
+                valence: v[i],
+                arousal: a[i],
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// JSON lines, or CSV (`path,expression,valence,arousal,p_<class>...`) by the file extension.
+pub fn format_predictions(
+    preds: &[Prediction],
+    out: Option<&Path>,
+    classes: &[String],
+) -> Result<String> {
+    let csv = match out.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("csv") => true,
+        Some(e) if e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json") => false,
+        None if out.is_none() => false,
+        _ => {
+            return Err(Error::Config(format!(
+                "--out {}: use a .jsonl or .csv file name",
+                out.map(|p| p.display().to_string()).unwrap_or_default()
+            )))
+        }
+    };
+    let mut s = String::new();
+    if csv {
+        s.push_str("path,expression,valence,arousal");
+        for c in classes {
+            s.push_str(&format!(",p_{c}"));
+        }
+        s.push('\n');
+        for p in preds {
+            let quoted = format!("\"{}\"", p.path.replace('"', "\"\""));
+            s.push_str(&format!(
+                "{quoted},{},{},{}",
+                p.expression.as_deref().unwrap_or(""),
+                p.valence,
+                p.arousal
+            ));
+            for c in classes {
+                let v = p.probabilities.as_ref().and_then(|m| m.get(c));
+                s.push_str(&format!(",{}", v.map_or(String::new(), |v| v.to_string())));
+            }
+            s.push('\n');
+        }
+    } else {
+        for p in preds {
+            s.push_str(&serde_json::to_string(p).map_err(|e| Error::Config(e.to_string()))?);
+            s.push('\n');
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn box_parsing() {
+        let b = parse_box("1,2.5,30,40").unwrap();
+        assert_eq!((b.x, b.y, b.w, b.h), (1.0, 2.5, 30.0, 40.0));
+        assert!(parse_box("1,2,3").is_err());
+        assert!(parse_box("1,2,0,4").is_err());
+        assert!(parse_box("a,b,c,d")
+            .unwrap_err()
+            .to_string()
+            .contains("x,y,w,h"));
+    }
+
+    #[test]
+    fn csv_and_jsonl() {
+        let mut probs = BTreeMap::new();
+        probs.insert("Happy".to_string(), 0.75f32);
+        probs.insert("Sad".to_string(), 0.25f32);
+        let p = vec![Prediction {
+            path: "a,b.png".into(),
+            expression: Some("Happy".into()),
+            probabilities: Some(probs),
+            valence: 0.5,
+            arousal: -0.25,
+        }];
+        let classes = vec!["Happy".to_string(), "Sad".to_string()];
+        let csv = format_predictions(&p, Some(Path::new("x.csv")), &classes).unwrap();
+        assert_eq!(
+            csv,
+            "path,expression,valence,arousal,p_Happy,p_Sad\n\"a,b.png\",Happy,0.5,-0.25,0.75,0.25\n"
+        );
+        let js = format_predictions(&p, None, &classes).unwrap();
+        let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
+        assert_eq!(v["probabilities"]["Sad"], 0.25);
+        assert!(format_predictions(&p, Some(Path::new("x.txt")), &classes).is_err());
+    }
+}
