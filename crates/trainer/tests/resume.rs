@@ -1,0 +1,113 @@
+//! A run stopped after an epoch and resumed ends with exactly the metrics of an uninterrupted
+//! run with the same seed; NaN losses stop the run with a precise message.
+
+mod common;
+
+use common::*;
+
+fn train(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let data = tiny_affectnet();
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        TINY,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    trainer(&args)
+}
+
+/// Every number of metrics.json but the wall time, and every metrics.jsonl value but timings.
+fn numbers(run: &std::path::Path) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let mut m = read_json(&run.join("metrics.json"));
+    m.as_object_mut().unwrap().remove("train_seconds");
+    let h = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("images_per_second");
+            v
+        })
+        .collect();
+    (m, h)
+}
+
+#[test]
+fn resumed_runs_match_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    ok(&train(&full, &[]));
+    let (m_full, h_full) = numbers(&full);
+    assert!(m_full["accuracy"].is_number());
+
+    // Stopped inside stage 1 (after epoch 1) and at the stage boundary (after epoch 2), then
+    // once more inside stage 2: three resumes.
+    let cut = dir.path().join("cut");
+    let out = ok(&train(&cut, &["--stop-after-epochs", "1"]));
+    assert!(out.is_empty(), "a stopped run prints no final table");
+    assert!(!cut.join("metrics.json").exists());
+    ok(&train(&cut, &["--resume", "--stop-after-epochs", "1"]));
+    ok(&train(&cut, &["--resume", "--stop-after-epochs", "1"]));
+    ok(&train(&cut, &["--resume"]));
+    let (m_cut, h_cut) = numbers(&cut);
+    assert_eq!(h_full.len(), 4);
+    assert_eq!(h_cut, h_full, "per-epoch history differs after resume");
+    assert_eq!(m_cut, m_full, "final metrics differ after resume");
+}
+
+#[test]
+fn same_seed_same_run_other_seed_other_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    ok(&train(&a, &["--epochs", "1"]));
+    ok(&train(&b, &["--epochs", "1"]));
+    ok(&train(&c, &["--epochs", "1", "--seed", "99"]));
+    assert_eq!(numbers(&a), numbers(&b));
+    assert_ne!(numbers(&a).1, numbers(&c).1);
+}
+
+#[test]
+fn nan_loss_stops_with_stage_epoch_step_and_last_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(&train(&dir.path().join("r"), &["--fault-nan-step", "3"]));
+    assert!(e.contains("non-finite loss"), "{e}");
+    assert!(e.contains("stage1"), "{e}");
+    assert!(e.contains("epoch 1, step 3"), "{e}");
+    assert!(e.contains("last finite values: step 3, loss"), "{e}");
+}
+
+#[test]
+fn huge_learning_rate_is_caught() {
+    // Without clipping, lr 1e12 blows the weights up within a few steps.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("huge.toml");
+    let text = std::fs::read_to_string(TINY)
+        .unwrap()
+        .replace("clip_grad_norm = 5.0\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let data = tiny_affectnet();
+    let out = dir.path().join("r");
+    let e = err(&trainer(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lr",
+        "1e12",
+    ]));
+    assert!(e.contains("non-finite"), "{e}");
+    assert!(e.contains("stage1"), "{e}");
+}
