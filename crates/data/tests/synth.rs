@@ -420,3 +420,38 @@ fn render_is_a_function_of_its_parameters() {
         "expression change barely visible: {inside_diff}"
     );
 }
+
+#[test]
+fn the_readers_accept_every_generated_face() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), &cfg(100, 20, 48, 4, Layout::AffectNet)).unwrap();
+    let listing = fer_data::affectnet::read(dir.path(), 8).unwrap();
+    for (split, rows) in listing.splits.iter().zip([102, 20]) {
+        assert_eq!(split.rows, rows);
+        assert_eq!(split.candidates.len() + split.skipped.len(), rows);
+        // Codes 0..=7 are all usable; only the None/Uncertain/No-Face extras may be dropped.
+        let faces = split
+            .candidates
+            .iter()
+            .filter(|c| (0..8).contains(&c.expression))
+            .count();
+        assert_eq!(faces, rows - rows / 50);
+        for c in &split.candidates {
+            assert!(c.file.is_file(), "{}", c.file.display());
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), &cfg(16, 8, 48, 4, Layout::Folder)).unwrap();
+    let listing = fer_data::folder::read(dir.path(), 8, false).unwrap();
+    let sizes = listing.splits.each_ref().map(|s| s.candidates.len());
+    assert_eq!(sizes, [16, 8]);
+    for s in &listing.splits {
+        assert!(s.skipped.is_empty());
+        let mut per_class = [0; 8];
+        for c in &s.candidates {
+            per_class[c.expression as usize] += 1;
+        }
+        assert!(per_class.iter().all(|&n| n == s.candidates.len() / 8));
+    }
+}

@@ -52,8 +52,8 @@
 //! AffectNet's header and JPEG images (quality 90) under `Manually_Annotated_Images/<sub>/`.
 //! Besides the balanced classes, about 2 % extra rows carry codes 8 (None: a blend of two
 //! prototypes, with its valence/arousal), 9 (Uncertain: a blend, valence = arousal = -2) and
-//! 10 (No-Face: background only, valence = arousal = -2). The CSVs are written last, so a set
-//! with both CSVs present is complete. [`Layout::Folder`] writes FER-2013's image-folder layout,
+//! 10 (No-Face: background only, valence = arousal = -2). Each split's CSV is written after its
+//! images, and `validation.csv` is the last file of all: a set that has it is complete. [`Layout::Folder`] writes FER-2013's image-folder layout,
 //! `{train,test}/<class>/<n>.png`, each image the face box cropped and resized to half the image
 //! size (48 px by default, FER-2013's size), codes 0..=7 only.
 //!
