@@ -45,16 +45,17 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor
             .into_iter()
             .collect()
     } else {
-        let mut found = Vec::new();
-        for key in [None, Some("state_dict"), Some("model")] {
-            found = candle_core::pickle::read_all_with_key(path, key).map_err(|e| {
-                err(format!(
-                    "not a PyTorch state dict saved with torch.save (zip format): {e}"
-                ))
-            })?;
+        let mut found = candle_core::pickle::read_all(path).map_err(|e| {
+            err(format!(
+                "not a PyTorch state dict saved with torch.save (zip format): {e}"
+            ))
+        })?;
+        // A training checkpoint nests the dict; a missing key just means "not this layout".
+        for key in ["state_dict", "model"] {
             if !found.is_empty() {
                 break;
             }
+            found = candle_core::pickle::read_all_with_key(path, Some(key)).unwrap_or_default();
         }
         found
     };

@@ -165,8 +165,14 @@ fn tiny_backbone() -> VarMap {
 
 #[test]
 fn imports_a_real_torch_save_file() {
+    for file in ["tiny_resnet.pth", "tiny_resnet_nested.pth"] {
+        check_tiny_import(file);
+    }
+}
+
+fn check_tiny_import(file: &str) {
     let varmap = tiny_backbone();
-    let report = import_torchvision(fixture_path("tiny_resnet.pth"), &varmap).unwrap();
+    let report = import_torchvision(fixture_path(file), &varmap).unwrap();
     let mut skipped = report.skipped.clone();
     skipped.retain(|n| !n.ends_with("num_batches_tracked"));
     skipped.sort();

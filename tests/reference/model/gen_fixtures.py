@@ -18,6 +18,7 @@ Writes crates/model/tests/fixtures/:
   tiny_resnet.pth            torch.save of a tiny ResNet-18 state dict (with fc and
                              num_batches_tracked), and tiny_resnet.safetensors, the same tensors
                              (without those entries) for comparison
+  tiny_resnet_nested.pth     the same dict under the key "state_dict" of a checkpoint dict
   not_a_state_dict.pth       torch.save of a list of ints
 """
 
@@ -174,6 +175,8 @@ def tiny_pth():
     sd["fc.weight"] = torch.randn(10, 8)
     sd["fc.bias"] = torch.randn(10)
     torch.save(sd, os.path.join(OUT, "tiny_resnet.pth"))
+    # The layout of a training checkpoint: the state dict nested under "state_dict".
+    torch.save({"epoch": 3, "state_dict": sd}, os.path.join(OUT, "tiny_resnet_nested.pth"))
     plain = {k: v.contiguous() for k, v in sd.items()
              if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
     save_file(plain, os.path.join(OUT, "tiny_resnet.safetensors"), metadata={"backbone": json.dumps(cfg)})
