@@ -8,8 +8,8 @@ use fer_data::synth::{generate, Layout, SynthConfig};
 
 #[derive(clap::Args)]
 pub struct SynthArgs {
-    /// Output folder.
-    #[arg(long, default_value = "data/synthetic")]
+    /// Output folder (the default run of `trainer` reads `data/synthetic-raw`).
+    #[arg(long, default_value = "data/synthetic-raw")]
     out: PathBuf,
     /// Training images over the 8 classes (balanced); ~2 % rows of codes 8-10 come on top.
     #[arg(long, default_value_t = 8000)]
