@@ -275,3 +275,24 @@ mod tests {
             .is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs"));
+        for name in [
+            "default-cpu.toml",
+            "affectnet-resnet50.toml",
+            "folder-cpu.toml",
+        ] {
+            let cfg = TrainConfig::from_file(&dir.join(name)).unwrap();
+            assert!(cfg.stage1.epochs > 0, "{name}");
+        }
+        let r50 = TrainConfig::from_file(&dir.join("affectnet-resnet50.toml")).unwrap();
+        assert_eq!(r50.optimizer.kind, crate::optim::OptimizerKind::Adamw);
+        assert_eq!((r50.model.backbone.depth, r50.loss.aux_weight), (50, 0.0));
+    }
+}

@@ -183,7 +183,9 @@ impl Optimizer {
                 let Some(grad) = grads.get(var.as_tensor()) else {
                     continue;
                 };
-                let grad = grad.to_dtype(var.dtype())?;
+                // Gradients can carry the op graph of the forward pass; a moment buffer built
+                // from them would keep every past graph alive (memory grows without bound).
+                let grad = grad.detach().to_dtype(var.dtype())?;
                 let prev = self.state.remove(name);
                 let next = match self.cfg.kind {
                     OptimizerKind::Sgd => {
@@ -301,7 +303,7 @@ fn sgd_update(
     var.set(&(p - d.affine(lr, 0.0)?)?)?;
     Ok(ParamState {
         step: step + 1,
-        slots: vec![d],
+        slots: vec![d.detach()],
     })
 }
 
@@ -329,6 +331,6 @@ fn adamw_update(
     var.set(&(p - upd)?)?;
     Ok(ParamState {
         step,
-        slots: vec![m, v],
+        slots: vec![m.detach(), v.detach()],
     })
 }

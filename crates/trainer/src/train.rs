@@ -637,6 +637,19 @@ fn train_epoch(
             stats.images as f64 / secs
         ));
         pb.inc(1);
+        let done = pb.position() as usize;
+        let spe = loader.batches_per_epoch();
+        if pb.is_hidden() && done < spe && done.is_multiple_of((spe / 4).max(1)) {
+            // Plain progress lines when stderr is not a terminal (logs, CI).
+            eprintln!(
+                "{} epoch {}: {done}/{spe} batches, loss {:.4}, lr {:.2e}, {:.0} img/s",
+                plan.name,
+                state.epoch + 1,
+                stats.loss / stats.n,
+                lr,
+                stats.images as f64 / secs
+            );
+        }
     }
     pb.finish_and_clear();
     stats.seconds = t0.elapsed().as_secs_f64();

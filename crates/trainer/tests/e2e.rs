@@ -169,11 +169,10 @@ fn first_image(d: &std::path::Path) -> std::path::PathBuf {
         .map(|e| e.unwrap().path())
         .collect();
     v.sort();
-    for p in v {
-        if p.is_dir() {
-            return first_image(&p);
-        }
-        return p;
+    let p = v.into_iter().next().expect("an image");
+    if p.is_dir() {
+        first_image(&p)
+    } else {
+        p
     }
-    panic!("no image")
 }
