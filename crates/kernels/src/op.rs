@@ -1,0 +1,84 @@
+//! The candle face of the kernels: a `CustomOp2` whose backward calls the gradient kernels.
+
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
+
+use crate::conv;
+use crate::im2col::Geom;
+
+/// Borrows a contiguous f32 CPU tensor's data.
+fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(slice(cpu, layout)?),
+        other => candle_core::bail!(
+            "fer-kernels: expected a CPU tensor, got {:?}",
+            other.device().location()
+        ),
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("fer-kernels: non-contiguous input"),
+    }
+}
+
+fn dims4(shape: &Shape, what: &str) -> Result<[usize; 4]> {
+    match shape.dims() {
+        &[a, b, c, d] => Ok([a, b, c, d]),
+        d => candle_core::bail!("fer-kernels conv2d: {what} must be 4-D, got {d:?}"),
+    }
+}
+
+pub(crate) fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
+    let (xd, wd) = (dims4(x, "input")?, dims4(w, "weight")?);
+    Geom::new(xd, wd, stride, padding).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "fer-kernels conv2d: input {xd:?} and weight {wd:?} do not fit (stride {stride}, padding {padding})"
+        ))
+    })
+}
+
+/// `conv2d(x, w)` with the given stride and zero padding (no bias, dilation or groups).
+pub(crate) struct Conv2d {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "fer-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        let y = conv::forward(&g, slice(s1, l1)?, slice(s2, l2)?);
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = geom(x.shape(), w.shape(), self.stride, self.padding)?;
+        let (dx, dw) = with_data(dy, |dy| {
+            let dx = with_data(w, |w| Ok(conv::input_grad(&g, dy, w)))?;
+            let dw = with_data(x, |x| Ok(conv::weight_grad(&g, x, dy)))?;
+            Ok((dx, dw))
+        })?;
+        let dx = Tensor::from_vec(dx, x.shape(), &Device::Cpu)?;
+        let dw = Tensor::from_vec(dw, w.shape(), &Device::Cpu)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}

@@ -1,0 +1,173 @@
+//! `fer_kernels::conv2d` against candle's own conv2d (forward and autograd gradients) and
+//! against finite differences.
+
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn randn(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn scale(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1.0)
+}
+
+/// (batch, c_in, h, w, c_out, k, stride, padding)
+const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 5, 5, 1, 3, 1, 1),
+    (2, 3, 7, 9, 4, 3, 1, 1),
+    (3, 4, 9, 7, 5, 3, 2, 1),
+    (2, 3, 15, 13, 6, 7, 2, 3),
+    (4, 6, 6, 6, 8, 1, 1, 0),
+    (3, 5, 7, 7, 4, 1, 2, 0),
+    (1, 8, 3, 3, 16, 3, 1, 1),
+    (2, 2, 1, 1, 3, 3, 1, 1),
+    // Many images of a tiny map: several images share one GEMM block.
+    (37, 16, 3, 3, 8, 3, 1, 1),
+    (64, 8, 6, 6, 4, 1, 2, 0),
+];
+
+#[test]
+fn forward_and_gradients_match_candle() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for &(b, c, h, w, o, k, s, p) in CASES {
+        let x = Var::from_tensor(&randn(&mut rng, &[b, c, h, w])).unwrap();
+        let wt = Var::from_tensor(&randn(&mut rng, &[o, c, k, k])).unwrap();
+        let r = randn(
+            &mut rng,
+            &[b, o, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1],
+        );
+
+        let ours = fer_kernels::conv2d(&x, &wt, s, p).unwrap();
+        let theirs = x.conv2d(&wt, p, s, 1, 1).unwrap();
+        let what = format!("b{b} c{c} {h}x{w} o{o} k{k} s{s} p{p}");
+        assert!(
+            max_abs_diff(&ours, &theirs) <= 1e-5 * scale(&theirs),
+            "forward {what}"
+        );
+
+        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_theirs = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("dx", &x), ("dw", &wt)] {
+            let a = g_ours.get(v).unwrap();
+            let e = g_theirs.get(v).unwrap();
+            assert!(max_abs_diff(a, e) <= 1e-5 * scale(e), "{name} {what}");
+        }
+    }
+}
+
+/// Central differences of `sum(r * conv(x, w))`, accumulated in f64 over the f32 kernel: the
+/// function is linear in each argument, so the quotient is exact up to rounding. The last case
+/// has no other reference: candle 0.11's own conv2d backward returns an input gradient of the
+/// wrong width there (6 instead of 5).
+#[test]
+fn gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for &(b, c, h, w, o, k, s, p) in &[
+        (2, 3, 6, 5, 4, 3, 2, 1),
+        (1, 2, 5, 5, 3, 3, 1, 1),
+        (3, 4, 4, 4, 2, 1, 2, 0),
+        (5, 2, 4, 5, 3, 3, 2, 0),
+    ] {
+        let x = Var::from_tensor(&randn(&mut rng, &[b, c, h, w])).unwrap();
+        let wt = Var::from_tensor(&randn(&mut rng, &[o, c, k, k])).unwrap();
+        let r = randn(
+            &mut rng,
+            &[b, o, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1],
+        );
+        let f = |x: &Tensor, w: &Tensor| -> f64 {
+            let y = fer_kernels::conv2d(x, w, s, p).unwrap();
+            (y * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let grads = (fer_kernels::conv2d(&x, &wt, s, p).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let eps = 1e-2f32;
+        for (which, v) in [(0, &x), (1, &wt)] {
+            let g: Vec<f32> = grads
+                .get(v)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let base: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            // A spread of coordinates, first and last included.
+            for i in (0..base.len())
+                .step_by((base.len() / 9).max(1))
+                .chain([base.len() - 1])
+            {
+                let bump = |d: f32| {
+                    let mut t = base.clone();
+                    t[i] += d;
+                    Tensor::from_vec(t, v.dims(), &Device::Cpu).unwrap()
+                };
+                let (plus, minus) = if which == 0 {
+                    (f(&bump(eps), &wt), f(&bump(-eps), &wt))
+                } else {
+                    (f(&x, &bump(eps)), f(&x, &bump(-eps)))
+                };
+                let fd = (plus - minus) / (2.0 * eps as f64);
+                assert!(
+                    (fd - g[i] as f64).abs() < 2e-3,
+                    "arg {which} index {i}: fd {fd} vs {}",
+                    g[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let x = randn(&mut rng, &[2, 3, 5, 5]);
+    let w = randn(&mut rng, &[4, 3, 3, 3]);
+    let fast = fer_kernels::conv2d(&x, &w, 1, 1).unwrap();
+    fer_kernels::set_enabled(false);
+    assert!(!fer_kernels::enabled());
+    let plain = fer_kernels::conv2d(&x, &w, 1, 1).unwrap();
+    fer_kernels::set_enabled(true);
+    assert!(max_abs_diff(&fast, &plain) <= 1e-5 * scale(&plain));
+    let bad = randn(&mut rng, &[4, 2, 3, 3]);
+    let err = fer_kernels::conv2d(&x, &bad, 1, 1).unwrap_err().to_string();
+    assert!(err.contains("do not fit"), "{err}");
+}
