@@ -1,7 +1,7 @@
 //! ResNet-18/34/50 in torchvision's layout and tensor names, returning the tapped stage maps.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
 use crate::config::{BackboneConfig, Stem};
 
@@ -20,19 +20,31 @@ fn conv(
     stride: usize,
     padding: usize,
     vb: VarBuilder,
-) -> Result<Conv2d> {
+) -> Result<Conv> {
     let stdev = (2.0 / (c_out * k * k) as f64).sqrt();
-    let w = vb.get_with_hints(
+    let weight = vb.get_with_hints(
         (c_out, c_in, k, k),
         "weight",
         Init::Randn { mean: 0.0, stdev },
     )?;
-    let cfg = Conv2dConfig {
-        padding,
+    Ok(Conv {
+        weight,
         stride,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(w, None, cfg))
+        padding,
+    })
+}
+
+/// A bias-free conv through `fer_kernels::conv2d` (im2col + GEMM on CPU, candle's elsewhere).
+struct Conv {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        fer_kernels::conv2d(x, &self.weight, self.stride, self.padding)
+    }
 }
 
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
@@ -41,7 +53,7 @@ fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
 
 /// Conv + BatchNorm pair, the unit every block is made of.
 struct ConvBn {
-    conv: Conv2d,
+    conv: Conv,
     bn: BatchNorm,
 }
 

@@ -1,0 +1,106 @@
+//! The model on our CPU kernels (the default) and on plain candle ops gives the same outputs,
+//! running statistics and gradients. Its own test binary: the kernel switch is process-wide.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use fer_model::{trainable_vars, ModelConfig, TwoAttTwoMt};
+
+/// Forward in train mode, backward of a fixed random projection of every output; returns the
+/// outputs, then every variable's gradient (trainables) or value (running statistics), by name.
+fn run(cfg: &ModelConfig, x: &Tensor, fast: bool) -> Vec<(String, Tensor)> {
+    fer_kernels::set_enabled(fast);
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let model = TwoAttTwoMt::new(cfg, vb).unwrap();
+    // Same weights on both paths: overwrite the random init with a deterministic one.
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let n = var.elem_count();
+        // A function of the name only: the map's iteration order differs between runs.
+        let seed = name
+            .bytes()
+            .fold(17usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % 1000;
+        let v: Vec<f32> = (0..n)
+            .map(|j| (((j * 7919 + seed * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 0.2)
+            .collect();
+        let v = if name.ends_with("running_var") {
+            vec![1.0; n]
+        } else {
+            v
+        };
+        var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+            .unwrap();
+    }
+    let out = model.forward(x, true).unwrap();
+    let logits = out.logits.clone().unwrap();
+    let r = Tensor::arange(0f32, logits.elem_count() as f32, &dev)
+        .unwrap()
+        .reshape(logits.dims())
+        .unwrap()
+        .sin()
+        .unwrap();
+    let loss = ((logits.clone() * r).unwrap().sum_all().unwrap()
+        + (out.valence.clone() * 0.7).unwrap().sum_all().unwrap()
+        - (out.arousal.clone() * 1.3).unwrap().sum_all().unwrap())
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let mut got = vec![
+        ("logits".to_string(), logits),
+        ("valence".to_string(), out.valence),
+        ("arousal".to_string(), out.arousal),
+    ];
+    let mut names: Vec<_> = trainable_vars(&varmap).into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, var) in names {
+        got.push((format!("grad {name}"), grads.get(&var).unwrap().clone()));
+    }
+    let mut running: Vec<_> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name.contains("running"))
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    running.sort_by(|a, b| a.0.cmp(&b.0));
+    got.extend(running);
+    got
+}
+
+#[test]
+fn fast_kernels_and_candle_ops_agree() {
+    let mut cfg = ModelConfig::default();
+    cfg.backbone.width = 0.125;
+    let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 64), &Device::Cpu).unwrap();
+    let fast = run(&cfg, &x, true);
+    let plain = run(&cfg, &x, false);
+    assert_eq!(fast.len(), plain.len());
+    let mut worst = 0f32;
+    for ((name, a), (name_b, b)) in fast.iter().zip(&plain) {
+        assert_eq!(name, name_b);
+        let scale = b
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1e-3);
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        worst = worst.max(diff / scale);
+        assert!(diff <= 1e-3 * scale, "{name}: {diff} (scale {scale})");
+    }
+    assert!(worst > 0.0, "the two paths must really differ in rounding");
+}
