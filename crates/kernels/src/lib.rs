@@ -5,6 +5,9 @@
 //! both gradients as im2col + GEMM instead, through a candle `CustomOp2`, so `backward()` works as
 //! usual. On other devices, other dtypes, or when switched off, it is candle's own `conv2d`.
 //!
+//! [`batch_norm_train`] does the same for training-mode BatchNorm: two passes forward (statistics,
+//! normalisation) and two backward, where candle's module chains a dozen generic ops.
+//!
 //! The switch: the environment variable `FER_KERNELS=candle` (read once) or [`set_enabled`].
 //!
 //! ```
@@ -18,6 +21,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod batch_norm;
 mod conv;
 mod im2col;
 mod matmul;
@@ -25,7 +29,7 @@ mod op;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor, D};
 
 const UNSET: u8 = 0;
 const ON: u8 = 1;
@@ -74,4 +78,83 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     op::geom(x.shape(), w.shape(), stride, padding)?;
     x.contiguous()?
         .apply_op2(&w.contiguous()?, op::Conv2d { stride, padding })
+}
+
+/// Batch statistics of a training-mode BatchNorm, per channel, detached from the graph (for the
+/// running averages).
+pub struct BatchStats {
+    /// Mean over batch and positions, `[C]`.
+    pub mean: Tensor,
+    /// Biased variance over batch and positions, `[C]` (the one the normalisation divides by).
+    pub var: Tensor,
+}
+
+/// Training-mode BatchNorm of `x [B, C, H, W]`: `(x - mean) / sqrt(var + eps) * gamma + beta`
+/// with the batch's own per-channel statistics, differentiable in `x`, `gamma` and `beta`
+/// (through the statistics too). Returns the output and the statistics.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let fast = enabled()
+        && x.device().is_cpu()
+        && x.rank() == 4
+        && [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
+    if !fast {
+        return batch_norm_plain(x, gamma, beta, eps);
+    }
+    let (b, c, h, w) = x.dims4()?;
+    if gamma.dims() != [c] || beta.dims() != [c] {
+        candle_core::bail!(
+            "fer-kernels batch_norm_train: {c} channels but gamma {:?}, beta {:?}",
+            gamma.dims(),
+            beta.dims()
+        );
+    }
+    let x = x.contiguous()?;
+    let dims = batch_norm::Dims { b, c, s: h * w };
+    let (mean, var) = op::read(&x, |x| Ok(batch_norm::stats(dims, x)))?;
+    let invstd = var
+        .iter()
+        .map(|v| 1.0 / (*v as f64 + eps).sqrt() as f32)
+        .collect();
+    let stats = BatchStats {
+        mean: Tensor::from_slice(&mean, c, x.device())?,
+        var: Tensor::from_vec(var, c, x.device())?,
+    };
+    let op = op::BatchNormTrain { dims, mean, invstd };
+    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    Ok((y, stats))
+}
+
+/// The same with candle's generic ops (other devices and dtypes, or kernels switched off).
+fn batch_norm_plain(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let c = x.dim(1)?;
+    let mut shape = vec![1; x.rank()];
+    shape[1] = c;
+    // Channels first, everything else flattened: statistics are per row.
+    let xt = x.transpose(0, 1)?.flatten_from(1)?;
+    let mean = xt.mean_keepdim(D::Minus1)?;
+    let var = xt.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+    let (mean, var) = (
+        mean.reshape(shape.as_slice())?,
+        var.reshape(shape.as_slice())?,
+    );
+    let y = x
+        .broadcast_sub(&mean)?
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .broadcast_mul(&gamma.reshape(shape.as_slice())?)?
+        .broadcast_add(&beta.reshape(shape.as_slice())?)?;
+    let stats = BatchStats {
+        mean: mean.flatten_all()?.detach(),
+        var: var.flatten_all()?.detach(),
+    };
+    Ok((y, stats))
 }

@@ -1,9 +1,11 @@
-//! The candle face of the kernels: a `CustomOp2` whose backward calls the gradient kernels.
+//! The candle face of the kernels: custom ops whose backward calls the gradient kernels.
 
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
+};
 
-use crate::conv;
 use crate::im2col::Geom;
+use crate::{batch_norm, conv};
 
 /// Borrows a contiguous f32 CPU tensor's data.
 fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
@@ -81,4 +83,67 @@ impl CustomOp2 for Conv2d {
         let dw = Tensor::from_vec(dw, w.shape(), &Device::Cpu)?;
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// Training-mode BatchNorm of `x [B, C, H, W]` with batch statistics computed beforehand.
+pub(crate) struct BatchNormTrain {
+    pub dims: crate::batch_norm::Dims,
+    pub mean: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "fer-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (scale, shift) = batch_norm::affine(&self.mean, &self.invstd, gamma, beta);
+        let y = batch_norm::apply(self.dims, x, &scale, &shift);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgamma, dbeta) = with_data(dy, |dy| {
+            with_data(x, |x| {
+                with_data(gamma, |g| {
+                    Ok(batch_norm::backward(
+                        self.dims,
+                        x,
+                        dy,
+                        &self.mean,
+                        &self.invstd,
+                        g,
+                    ))
+                })
+            })
+        })?;
+        let c = self.dims.c;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(dgamma, c, &Device::Cpu)?),
+            Some(Tensor::from_vec(dbeta, c, &Device::Cpu)?),
+        ))
+    }
+}
+
+/// Runs `f` on the data of a contiguous f32 CPU tensor (for callers outside the ops).
+pub(crate) fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    with_data(t, f)
 }

@@ -42,6 +42,7 @@
 //! ```
 
 mod atomic;
+mod bn;
 pub mod checkpoint;
 mod config;
 mod error;

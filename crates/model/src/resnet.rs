@@ -1,16 +1,11 @@
 //! ResNet-18/34/50 in torchvision's layout and tensor names, returning the tapped stage maps.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::bn::BatchNorm;
 
 use crate::config::{BackboneConfig, Stem};
-
-const BN: BatchNormConfig = BatchNormConfig {
-    eps: 1e-5,
-    remove_mean: true,
-    affine: true,
-    momentum: 0.1,
-};
 
 /// torchvision initialises convs with Kaiming-normal over fan-out (ReLU gain), no bias.
 fn conv(
@@ -48,7 +43,7 @@ impl Module for Conv {
 }
 
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    candle_nn::batch_norm(c, BN, vb)
+    BatchNorm::new(c, vb)
 }
 
 /// Conv + BatchNorm pair, the unit every block is made of.
@@ -59,7 +54,7 @@ struct ConvBn {
 
 impl ConvBn {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.conv.forward(x)?.apply_t(&self.bn, train)
+        self.bn.forward(&self.conv.forward(x)?, train)
     }
 }
 

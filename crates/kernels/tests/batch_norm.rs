@@ -1,0 +1,120 @@
+//! `fer_kernels::batch_norm_train` against the same function written with candle's generic ops
+//! (values, statistics, autograd gradients) and against finite differences.
+
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand(rng: &mut ChaCha8Rng, dims: &[usize], lo: f32, hi: f32) -> Tensor {
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// Reference: candle ops on the NCHW tensor, statistics over dims 0, 2, 3.
+fn reference(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> (Tensor, Tensor, Tensor) {
+    let c = x.dim(1).unwrap();
+    let mean = x.mean_keepdim((0, 2, 3)).unwrap();
+    let xc = x.broadcast_sub(&mean).unwrap();
+    let var = xc.sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap();
+    let y = xc
+        .broadcast_div(&(&var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&g.reshape((1, c, 1, 1)).unwrap())
+        .unwrap()
+        .broadcast_add(&b.reshape((1, c, 1, 1)).unwrap())
+        .unwrap();
+    (y, mean.flatten_all().unwrap(), var.flatten_all().unwrap())
+}
+
+const SHAPES: &[[usize; 4]] = &[
+    [1, 1, 3, 3],
+    [2, 3, 5, 7],
+    [5, 4, 1, 1],
+    [1, 6, 9, 4],
+    [16, 8, 3, 3],
+    [3, 2, 12, 12],
+];
+
+#[test]
+fn matches_generic_ops_in_values_statistics_and_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for &[b, c, h, w] in SHAPES {
+        // An offset mean and spread, as activations have.
+        let x = Var::from_tensor(&rand(&mut rng, &[b, c, h, w], -1.0, 3.0)).unwrap();
+        let g = Var::from_tensor(&rand(&mut rng, &[c], 0.5, 1.5)).unwrap();
+        let be = Var::from_tensor(&rand(&mut rng, &[c], -0.5, 0.5)).unwrap();
+        let r = rand(&mut rng, &[b, c, h, w], -1.0, 1.0);
+        let (y, stats) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
+        let (ye, me, ve) = reference(&x, &g, &be, 1e-5);
+        let what = format!("{b}x{c}x{h}x{w}");
+        assert!(max_abs(&(&y - &ye).unwrap()) < 1e-4, "y {what}");
+        assert!(max_abs(&(&stats.mean - &me).unwrap()) < 1e-5, "mean {what}");
+        assert!(max_abs(&(&stats.var - &ve).unwrap()) < 1e-5, "var {what}");
+        let ga = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let ge = (ye * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("dx", &x), ("dgamma", &g), ("dbeta", &be)] {
+            let (a, e) = (ga.get(v).unwrap(), ge.get(v).unwrap());
+            let tol = 1e-4 * max_abs(e).max(1.0);
+            assert!(max_abs(&(a - e).unwrap()) < tol, "{name} {what}");
+        }
+    }
+}
+
+#[test]
+fn input_gradient_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (b, c, h, w) = (3, 2, 3, 4);
+    let x0: Vec<f32> = rand(&mut rng, &[b, c, h, w], -1.0, 1.0)
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let g = rand(&mut rng, &[c], 0.5, 1.5);
+    let be = rand(&mut rng, &[c], -0.5, 0.5);
+    let r = rand(&mut rng, &[b, c, h, w], -1.0, 1.0);
+    let f = |xv: &[f32]| -> f64 {
+        let x = Tensor::from_slice(xv, (b, c, h, w), &Device::Cpu).unwrap();
+        let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
+        let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let r: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
+        y.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum()
+    };
+    let x = Var::from_slice(&x0, (b, c, h, w), &Device::Cpu).unwrap();
+    let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
+    let grad: Vec<f32> = (y * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let eps = 1e-2f32;
+    for i in 0..x0.len() {
+        let (mut p, mut m) = (x0.clone(), x0.clone());
+        p[i] += eps;
+        m[i] -= eps;
+        let fd = (f(&p) - f(&m)) / (2.0 * eps as f64);
+        assert!(
+            (fd - grad[i] as f64).abs() < 5e-3,
+            "index {i}: fd {fd} vs {}",
+            grad[i]
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! BatchNorm with torchvision's names and PyTorch's training semantics, on `fer_kernels`.
+
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+/// `weight`, `bias`, `running_mean`, `running_var` under the given prefix. Training mode
+/// normalises by the batch's statistics and moves the running ones (PyTorch's rule: the
+/// running variance takes the unbiased estimate); eval mode uses the running ones.
+pub(crate) struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+}
+
+impl BatchNorm {
+    pub(crate) fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(c, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
+        // The VarMap's tensors are variables: `from_tensor` shares their storage, so `set`
+        // updates the stored running statistics in place.
+        let running_mean =
+            Var::from_tensor(&vb.get_with_hints(c, "running_mean", Init::Const(0.0))?)?;
+        let running_var =
+            Var::from_tensor(&vb.get_with_hints(c, "running_var", Init::Const(1.0))?)?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return self.forward_eval(x);
+        }
+        let (y, stats) = fer_kernels::batch_norm_train(x, &self.weight, &self.bias, EPS)?;
+        let m = (x.elem_count() / x.dim(1)?) as f64;
+        let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+        let mean =
+            ((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (stats.mean * MOMENTUM)?)?;
+        let var = ((self.running_var.as_tensor() * (1.0 - MOMENTUM))?
+            + (stats.var * (MOMENTUM * unbiased))?)?;
+        self.running_mean.set(&mean)?;
+        self.running_var.set(&var)?;
+        Ok(y)
+    }
+
+    fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let mut shape = vec![1; x.rank()];
+        shape[1] = c;
+        let scale = (&self.weight / (self.running_var.as_tensor() + EPS)?.sqrt()?)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        x.broadcast_mul(&scale.reshape(shape.as_slice())?)?
+            .broadcast_add(&shift.reshape(shape.as_slice())?)
+    }
+}
