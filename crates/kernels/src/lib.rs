@@ -8,6 +8,9 @@
 //! [`batch_norm_train`] does the same for training-mode BatchNorm: two passes forward (statistics,
 //! normalisation) and two backward, where candle's module chains a dozen generic ops.
 //!
+//! [`max_pool_3x3_s2`] is the ImageNet stem's max-pool with an argmax backward (candle's own
+//! max-pool has no backward when kernel and stride differ).
+//!
 //! The switch: the environment variable `FER_KERNELS=candle` (read once) or [`set_enabled`].
 //!
 //! ```
@@ -26,6 +29,7 @@ mod conv;
 mod im2col;
 mod matmul;
 mod op;
+mod pool;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -157,4 +161,14 @@ fn batch_norm_plain(
         var: var.flatten_all()?.detach(),
     };
     Ok((y, stats))
+}
+
+/// The ResNet stem's max-pool: 3x3 windows, stride 2, padding 1 (padding never wins), over
+/// `[B, C, H, W]`. The gradient goes to each window's first maximum. Only the CPU kernel is
+/// here: elsewhere, and with the kernels off, it returns `None` and the caller uses its own.
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Option<Tensor>> {
+    if !(enabled() && x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4) {
+        return Ok(None);
+    }
+    x.contiguous()?.apply_op1(op::MaxPool3x3S2).map(Some)
 }

@@ -1,11 +1,11 @@
 //! The candle face of the kernels: custom ops whose backward calls the gradient kernels.
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
 };
 
 use crate::im2col::Geom;
-use crate::{batch_norm, conv};
+use crate::{batch_norm, conv, pool};
 
 /// Borrows a contiguous f32 CPU tensor's data.
 fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
@@ -146,4 +146,37 @@ impl CustomOp3 for BatchNormTrain {
 /// Runs `f` on the data of a contiguous f32 CPU tensor (for callers outside the ops).
 pub(crate) fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     with_data(t, f)
+}
+
+/// The stem's 3x3 stride-2 padding-1 max-pool of `[B, C, H, W]`.
+pub(crate) struct MaxPool3x3S2;
+
+fn pool_dims(shape: &Shape) -> Result<(usize, usize, usize)> {
+    let [b, c, h, w] = dims4(shape, "max-pool input")?;
+    if h == 0 || w == 0 {
+        candle_core::bail!("fer-kernels max-pool: empty map {h}x{w}");
+    }
+    Ok((b * c, h, w))
+}
+
+impl CustomOp1 for MaxPool3x3S2 {
+    fn name(&self) -> &'static str {
+        "fer-max-pool-3x3-s2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (planes, h, w) = pool_dims(l.shape())?;
+        let y = pool::forward(planes, h, w, slice(s, l)?);
+        let d = l.shape().dims();
+        let shape = Shape::from((d[0], d[1], pool::out_len(h), pool::out_len(w)));
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (planes, h, w) = pool_dims(x.shape())?;
+        let dx = with_data(x, |x| {
+            with_data(dy, |dy| Ok(pool::backward(planes, h, w, x, dy)))
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
+    }
 }

@@ -246,7 +246,10 @@ impl ResNet {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut x = self.stem.forward(x, train)?.relu()?;
         if self.max_pool {
-            x = max_pool_3x3_s2(&x)?;
+            x = match fer_kernels::max_pool_3x3_s2(&x)? {
+                Some(y) => y,
+                None => max_pool_3x3_s2(&x)?,
+            };
         }
         let mut out = Vec::with_capacity(self.taps.len());
         for (s, stage) in self.stages.iter().enumerate() {
