@@ -3,7 +3,11 @@
 //! candle's CPU conv backward runs direct loops far below the GEMM rate; here all three products
 //! (forward, input gradient, weight gradient) are single GEMMs over a block of images whose
 //! column matrices sit side by side, so even 3x3 maps of the deepest stage feed the kernel a
-//! wide matrix.
+//! wide matrix. Intermediate matrices live in per-thread scratch buffers that are reused from
+//! call to call: fresh allocations of this size cost page faults and zeroing on every step.
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -12,6 +16,29 @@ use crate::matmul::{gemm, Mat};
 
 /// Columns per GEMM worth aiming for: below this the kernel's packing overhead dominates.
 const TARGET_COLS: usize = 2048;
+
+thread_local! {
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static TMP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's scratch buffer `key` (contents unspecified).
+fn scratch<R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered on this thread (work stealing inside a parallel GEMM): use a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
 
 /// How the batch is cut into blocks and how many threads each block's GEMM may use.
 struct Plan {
@@ -35,23 +62,29 @@ fn plan(g: &Geom) -> Plan {
     }
 }
 
-/// Runs `f(first_image, images)` for every block, in parallel when there are enough blocks.
-fn for_blocks<R: Send>(g: &Geom, p: &Plan, f: impl Fn(usize, usize) -> R + Sync) -> Vec<R> {
-    let run = |i: usize| {
-        let first = i * p.per_block;
-        f(first, p.per_block.min(g.b - first))
-    };
+/// Runs `f(first_image, images, out_block)` over the blocks, where `out` holds `per_image`
+/// floats per image; in parallel when there are enough blocks, else one after the other with
+/// a parallel GEMM inside.
+fn blocks_into(
+    p: &Plan,
+    out: &mut [f32],
+    per_image: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let run = |(i, chunk): (usize, &mut [f32])| f(i * p.per_block, chunk.len() / per_image, chunk);
+    let chunks = out.chunks_mut(p.per_block * per_image).enumerate();
     if p.gemm_threads > 1 {
-        (0..p.blocks).map(run).collect()
+        chunks.for_each(run);
     } else {
-        (0..p.blocks).into_par_iter().map(run).collect()
+        out.par_chunks_mut(p.per_block * per_image)
+            .enumerate()
+            .for_each(run);
     }
 }
 
 /// Fills `col` (`[K, nb * N]`) with the column matrices of images `first..first + nb`.
-fn columns(g: &Geom, x: &[f32], first: usize, nb: usize, col: &mut Vec<f32>) {
+fn columns(g: &Geom, x: &[f32], first: usize, nb: usize, col: &mut [f32]) {
     let (n, ld) = (g.n(), nb * g.n());
-    col.resize(g.k() * ld, 0.0);
     for j in 0..nb {
         let img = &x[(first + j) * g.image_len()..(first + j + 1) * g.image_len()];
         if g.is_pointwise() {
@@ -64,63 +97,71 @@ fn columns(g: &Geom, x: &[f32], first: usize, nb: usize, col: &mut Vec<f32>) {
     }
 }
 
+/// Copies between `[O, nb * N]` (images side by side, row stride `nb * N`) and `[nb, O, N]`.
+fn side_to_images(g: &Geom, nb: usize, side: &[f32], images: &mut [f32]) {
+    let (n, ld) = (g.n(), nb * g.n());
+    for (j, img) in images.chunks_mut(g.o * n).take(nb).enumerate() {
+        for (o, row) in img.chunks_mut(n).enumerate() {
+            row.copy_from_slice(&side[o * ld + j * n..o * ld + (j + 1) * n]);
+        }
+    }
+}
+
+fn images_to_side(g: &Geom, nb: usize, images: &[f32], side: &mut [f32]) {
+    let (n, ld) = (g.n(), nb * g.n());
+    for (j, img) in images.chunks(g.o * n).take(nb).enumerate() {
+        for (o, row) in img.chunks(n).enumerate() {
+            side[o * ld + j * n..o * ld + (j + 1) * n].copy_from_slice(row);
+        }
+    }
+}
+
 /// `y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, KH, KW])`.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (n, on) = (g.n(), g.o * g.n());
     let p = plan(g);
     let wm = Mat::row_major(w, g.o, g.k());
-    let blocks = for_blocks(g, &p, |first, nb| {
+    let mut y = vec![0.0; g.b * on];
+    blocks_into(&p, &mut y, on, |first, nb, yb| {
         let ld = nb * n;
-        let mut out = vec![0.0; g.o * ld];
         if g.is_pointwise() && nb == 1 {
             let img = &x[first * g.image_len()..(first + 1) * g.image_len()];
-            gemm(
-                &mut out,
-                false,
-                wm,
-                Mat::row_major(img, g.c, n),
-                p.gemm_threads,
-            );
-        } else {
-            let mut col = Vec::new();
-            columns(g, x, first, nb, &mut col);
-            gemm(
-                &mut out,
-                false,
-                wm,
-                Mat::row_major(&col, g.k(), ld),
-                p.gemm_threads,
-            );
+            gemm(yb, false, wm, Mat::row_major(img, g.c, n), p.gemm_threads);
+            return;
         }
-        out
-    });
-    // Blocks hold `[O, nb * N]`; the output wants `[nb, O, N]`.
-    let mut y = vec![0.0; g.b * on];
-    for (bi, out) in blocks.iter().enumerate() {
-        let first = bi * p.per_block;
-        let nb = out.len() / on;
-        for j in 0..nb {
-            let dst = &mut y[(first + j) * on..(first + j + 1) * on];
-            for o in 0..g.o {
-                let src = &out[o * nb * n + j * n..o * nb * n + (j + 1) * n];
-                dst[o * n..(o + 1) * n].copy_from_slice(src);
+        scratch(&COLS, g.k() * ld, |col| {
+            columns(g, x, first, nb, col);
+            let cm = Mat::row_major(col, g.k(), ld);
+            if nb == 1 {
+                gemm(yb, false, wm, cm, p.gemm_threads);
+            } else {
+                scratch(&TMP, g.o * ld, |out| {
+                    gemm(out, false, wm, cm, p.gemm_threads);
+                    side_to_images(g, nb, out, yb);
+                });
             }
-        }
-    }
+        });
+    });
     y
 }
 
-/// Gathers `dy` of images `first..first + nb` into `[O, nb * N]`.
-fn gather_dy(g: &Geom, dy: &[f32], first: usize, nb: usize) -> Vec<f32> {
-    let (n, on, ld) = (g.n(), g.o * g.n(), nb * g.n());
-    let mut out = vec![0.0; g.o * ld];
-    for j in 0..nb {
-        let src = &dy[(first + j) * on..(first + j + 1) * on];
-        for o in 0..g.o {
-            out[o * ld + j * n..o * ld + (j + 1) * n].copy_from_slice(&src[o * n..(o + 1) * n]);
-        }
+/// Runs `f` on `dy` of images `first..first + nb` as one `[O, nb * N]` matrix.
+fn with_dy_block<R>(
+    g: &Geom,
+    dy: &[f32],
+    first: usize,
+    nb: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    let on = g.o * g.n();
+    let dy = &dy[first * on..(first + nb) * on];
+    if nb == 1 {
+        return f(dy);
     }
-    out
+    scratch(&TMP, nb * on, |block| {
+        images_to_side(g, nb, dy, block);
+        f(block)
+    })
 }
 
 /// `dx [B, C, H, W]` from `dy [B, O, Ho, Wo]`: `dcol = w^T dy`, then col2im.
@@ -128,54 +169,70 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (n, il) = (g.n(), g.image_len());
     let p = plan(g);
     let wt = Mat::row_major(w, g.o, g.k()).t();
-    let blocks = for_blocks(g, &p, |first, nb| {
+    let mut dx = vec![0.0; g.b * il];
+    blocks_into(&p, &mut dx, il, |first, nb, dxb| {
         let ld = nb * n;
-        let dyb = gather_dy(g, dy, first, nb);
-        let mut dcol = vec![0.0; g.k() * ld];
-        gemm(
-            &mut dcol,
-            false,
-            wt,
-            Mat::row_major(&dyb, g.o, ld),
-            p.gemm_threads,
-        );
-        let mut dx = vec![0.0; nb * il];
-        for j in 0..nb {
-            let img = &mut dx[j * il..(j + 1) * il];
-            if g.is_pointwise() {
-                for c in 0..g.c {
-                    img[c * n..(c + 1) * n]
-                        .copy_from_slice(&dcol[c * ld + j * n..c * ld + (j + 1) * n]);
-                }
-            } else {
-                col2im(g, &dcol[j * n..], ld, img);
+        with_dy_block(g, dy, first, nb, |dyb| {
+            let dym = Mat::row_major(dyb, g.o, ld);
+            if g.is_pointwise() && nb == 1 {
+                gemm(dxb, false, wt, dym, p.gemm_threads);
+                return;
             }
-        }
-        dx
+            scratch(&COLS, g.k() * ld, |dcol| {
+                gemm(dcol, false, wt, dym, p.gemm_threads);
+                for j in 0..nb {
+                    let img = &mut dxb[j * il..(j + 1) * il];
+                    if g.is_pointwise() {
+                        for c in 0..g.c {
+                            img[c * n..(c + 1) * n]
+                                .copy_from_slice(&dcol[c * ld + j * n..c * ld + (j + 1) * n]);
+                        }
+                    } else {
+                        col2im(g, &dcol[j * n..], ld, img);
+                    }
+                }
+            });
+        });
     });
-    blocks.concat()
+    dx
 }
 
 /// `dw [O, C, KH, KW]` from `x` and `dy`: the sum over images of `dy col^T`.
 pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let n = g.n();
     let p = plan(g);
-    let partials = for_blocks(g, &p, |first, nb| {
+    let block = |i: usize| {
+        let first = i * p.per_block;
+        let nb = p.per_block.min(g.b - first);
         let ld = nb * n;
-        let dyb = gather_dy(g, dy, first, nb);
-        let mut col = Vec::new();
-        columns(g, x, first, nb, &mut col);
         let mut dw = vec![0.0; g.o * g.k()];
-        let colm = Mat::row_major(&col, g.k(), ld).t();
-        gemm(
-            &mut dw,
-            false,
-            Mat::row_major(&dyb, g.o, ld),
-            colm,
-            p.gemm_threads,
-        );
+        with_dy_block(g, dy, first, nb, |dyb| {
+            let dym = Mat::row_major(dyb, g.o, ld);
+            if g.is_pointwise() && nb == 1 {
+                let img = &x[first * g.image_len()..(first + 1) * g.image_len()];
+                gemm(
+                    &mut dw,
+                    false,
+                    dym,
+                    Mat::row_major(img, g.c, n).t(),
+                    p.gemm_threads,
+                );
+                return;
+            }
+            scratch(&COLS, g.k() * ld, |col| {
+                columns(g, x, first, nb, col);
+                let cm = Mat::row_major(col, g.k(), ld).t();
+                gemm(&mut dw, false, dym, cm, p.gemm_threads);
+            });
+        });
         dw
-    });
+    };
+    let partials: Vec<Vec<f32>> = if p.gemm_threads > 1 {
+        (0..p.blocks).map(block).collect()
+    } else {
+        (0..p.blocks).into_par_iter().map(block).collect()
+    };
+    // Summed in block order: the result does not depend on which thread ran which block.
     let mut dw = vec![0.0; g.o * g.k()];
     for part in &partials {
         for (d, s) in dw.iter_mut().zip(part) {
