@@ -80,6 +80,10 @@ pub struct TrainCmd {
     pub lr: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// torchvision ResNet weights (.pth or .safetensors) to start the backbone from (replaces the
+    /// config's `backbone_weights`).
+    #[arg(long)]
+    pub backbone_weights: Option<PathBuf>,
     /// Stop after this many epochs, as if killed (for testing resume).
     #[arg(long, hide = true)]
     pub stop_after_epochs: Option<usize>,
@@ -152,6 +156,7 @@ fn run_train(t: TrainCmd) -> Result<()> {
         batch_size: t.batch_size,
         lr: t.lr,
         seed: t.seed,
+        backbone_weights: t.backbone_weights.clone(),
     };
     let config = match &t.config {
         Some(p) => {

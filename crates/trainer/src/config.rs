@@ -130,6 +130,7 @@ pub struct Overrides {
     pub batch_size: Option<usize>,
     pub lr: Option<f64>,
     pub seed: Option<u64>,
+    pub backbone_weights: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -176,6 +177,9 @@ impl TrainConfig {
         }
         if let Some(s) = o.seed {
             self.seed = s;
+        }
+        if let Some(w) = &o.backbone_weights {
+            self.backbone_weights = Some(w.clone());
         }
         self.validate()
     }
@@ -262,8 +266,10 @@ mod tests {
             batch_size: Some(7),
             lr: Some(0.02),
             seed: Some(9),
+            backbone_weights: Some(PathBuf::from("r18.pth")),
         })
         .unwrap();
+        assert_eq!(cfg.backbone_weights, Some(PathBuf::from("r18.pth")));
         assert_eq!((cfg.stage1.epochs, cfg.stage2.epochs), (3, 3));
         assert_eq!(cfg.data.batch_size, 7);
         assert_eq!((cfg.optimizer.lr, cfg.stage2.lr, cfg.seed), (0.02, None, 9));
