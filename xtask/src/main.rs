@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench_train;
 mod prepare;
 mod synth;
 
@@ -23,6 +24,8 @@ enum Command {
     PrepareData(prepare::PrepareArgs),
     /// Benchmark preparation speed on the synthetic set (images/second at 112 and 224 px).
     BenchPrepare(prepare::BenchPrepareArgs),
+    /// Benchmark a stage-2 training step and inference (images/second, peak RSS per config).
+    BenchTrain(bench_train::BenchTrainArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::PrepareData(a) => prepare::run(a),
         Command::BenchPrepare(a) => prepare::bench(a),
+        Command::BenchTrain(a) => bench_train::run(a),
     }
 }

@@ -1,0 +1,109 @@
+"""Times the PyTorch reference of 2Att-2Mt the way `cargo xtask bench-train` times ours.
+
+Run from anywhere (the xtask calls it once per config, each in a fresh process):
+
+    python3 tests/reference/bench/bench_pytorch.py --depth 18 --size 112 --batch 32 --steps 10 --threads 2
+
+Builds model.py's TwoAttTwoMt in float32 with the default config (backbone depth from --depth),
+then times, on random inputs, a stage-2 training step (train-mode forward, L_va + lambda * CE,
+backward, AdamW step) and an eval-mode forward under no_grad: 2 warm-up steps, then the median of
+--steps timed ones. Prints one JSON object: train_img_s, infer_img_s, peak_rss_mib (ru_maxrss).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
+from model import TwoAttTwoMt, default_config  # noqa: E402
+
+WARMUP = 2
+LAMBDA = 0.5  # fer_losses::LossConfig::default().lambda
+LR, WEIGHT_DECAY, EPS = 1e-4, 5e-4, 1e-8  # the xtask's AdamW settings (trainer defaults but lr)
+
+
+def ccc(pred, target):
+    """Concordance correlation coefficient over the batch (population moments, like fer-losses)."""
+    mp, mt = pred.mean(), target.mean()
+    dp, dt = pred - mp, target - mt
+    return 2 * (dp * dt).mean() / ((dp * dp).mean() + (dt * dt).mean() + (mp - mt) ** 2 + 1e-8)
+
+
+def stage2_loss(out, classes, valence, arousal):
+    """fer_losses::stage_loss(Stage::Dimensional): MSE(v) + MSE(a) + (1 - CCC(v)) + (1 - CCC(a))
+    + lambda * CE, every sample labelled."""
+    v, a = out["valence"], out["arousal"]
+    l_va = (F.mse_loss(v, valence) + F.mse_loss(a, arousal)
+            + (1 - ccc(v, valence)) + (1 - ccc(a, arousal)))
+    return l_va + LAMBDA * F.cross_entropy(out["logits"], classes)
+
+
+def median_seconds(steps, fn):
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--depth", type=int, required=True, choices=[18, 34, 50])
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = default_config()
+    cfg["backbone"]["depth"] = args.depth
+    model = TwoAttTwoMt(cfg).float()
+    # Like trainer::optim: weights of rank >= 2 decayed, biases and BatchNorm parameters not.
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(
+        [{"params": [q for q in params if q.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+         {"params": [q for q in params if q.dim() < 2], "weight_decay": 0.0}],
+        lr=LR, eps=EPS)
+
+    b, s, k = args.batch, args.size, cfg["num_classes"]
+    images = torch.randn(b, 3, s, s)
+    classes = torch.randint(0, k, (b,))
+    valence = torch.rand(b) * 2 - 1
+    arousal = torch.rand(b) * 2 - 1
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss = stage2_loss(model(images), classes, valence, arousal)
+        loss.backward()
+        opt.step()
+
+    def infer_step():
+        with torch.no_grad():
+            model(images)
+
+    model.train()
+    train = median_seconds(args.steps, train_step)
+    model.eval()
+    infer = median_seconds(args.steps, infer_step)
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({
+        "depth": args.depth, "size": args.size, "batch": b, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "train_img_s": b / train, "infer_img_s": b / infer, "peak_rss_mib": rss_kib / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+//! `cargo xtask bench-train`: images/second of a stage-2 training step and of inference, and the
+//! peak RSS, for three model sizes; optionally next to the PyTorch reference of the same model.
+//!
+//! Each config runs in a child process (this executable with the hidden `--child` flag), so its
+//! peak RSS (`VmHWM`) is its own. The child prints one JSON line, the parent the table.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use fer_losses::{stage_loss, ClassInputs, LossConfig, Stage, VaInputs};
+use fer_model::{trainable_vars, ModelConfig, TwoAttTwoMt};
+use serde::{Deserialize, Serialize};
+use trainer::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+
+/// Untimed steps before the timed ones (ours and PyTorch alike).
+const WARMUP: usize = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    A,
+    B,
+    C,
+    All,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kernels {
+    /// Our custom CPU kernels (fer-kernels).
+    Fer,
+    /// Plain candle ops.
+    Candle,
+}
+
+impl Kernels {
+    fn name(self) -> &'static str {
+        match self {
+            Kernels::Fer => "fer",
+            Kernels::Candle => "candle",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct BenchTrainArgs {
+    /// a: ResNet-18 at 112 px, batch 32; b: ResNet-18 at 224 px, batch 16; c: ResNet-50 at
+    /// 224 px, batch 8.
+    #[arg(long, value_enum, default_value_t = Which::All)]
+    config: Which,
+    /// Timed steps (after 2 warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+    /// Compute threads [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+    /// Print one JSON array instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Kernel set, passed to the children as FER_KERNELS.
+    #[arg(long, value_enum, default_value_t = Kernels::Fer)]
+    kernels: Kernels,
+    /// Also time the PyTorch reference (tests/reference/bench/bench_pytorch.py).
+    #[arg(long)]
+    vs_pytorch: bool,
+    /// Internal: measure the one config in this process and print its JSON line.
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+/// One benchmark config.
+struct Case {
+    name: &'static str,
+    depth: usize,
+    size: usize,
+    batch: usize,
+}
+
+const CASES: [Case; 3] = [
+    Case {
+        name: "a",
+        depth: 18,
+        size: 112,
+        batch: 32,
+    },
+    Case {
+        name: "b",
+        depth: 18,
+        size: 224,
+        batch: 16,
+    },
+    Case {
+        name: "c",
+        depth: 50,
+        size: 224,
+        batch: 8,
+    },
+];
+
+/// What one process measured (ours or PyTorch's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Speed {
+    train_img_s: f64,
+    infer_img_s: f64,
+    peak_rss_mib: f64,
+}
+
+/// PyTorch's numbers and the ratios ours / PyTorch.
+#[derive(Debug, Serialize)]
+struct Versus {
+    pytorch_train_img_s: f64,
+    pytorch_infer_img_s: f64,
+    pytorch_peak_rss_mib: f64,
+    train_ratio: f64,
+    infer_ratio: f64,
+}
+
+impl Versus {
+    fn new(ours: &Speed, torch: &Speed) -> Self {
+        Self {
+            pytorch_train_img_s: torch.train_img_s,
+            pytorch_infer_img_s: torch.infer_img_s,
+            pytorch_peak_rss_mib: torch.peak_rss_mib,
+            train_ratio: ours.train_img_s / torch.train_img_s,
+            infer_ratio: ours.infer_img_s / torch.infer_img_s,
+        }
+    }
+}
+
+/// One object of the `--json` array.
+#[derive(Debug, Serialize)]
+struct Row {
+    config: &'static str,
+    #[serde(flatten)]
+    ours: Speed,
+    #[serde(flatten)]
+    torch: Option<Versus>,
+}
+
+pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
+    let threads = match args.threads {
+        Some(t) => t as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let cases: Vec<&Case> = CASES
+        .iter()
+        .filter(|c| args.config == Which::All || Some(c.name) == which_name(args.config))
+        .collect();
+    if args.child {
+        let [case] = cases[..] else {
+            bail!("--child needs one --config (a, b or c)")
+        };
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting up the rayon thread pool")?;
+        let speed = measure(case, args.steps as usize)?;
+        println!("{}", serde_json::to_string(&speed)?);
+        return Ok(());
+    }
+
+    let say = |line: String| {
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    if !args.json {
+        print_header(threads, args.kernels, args.steps);
+    }
+    let torch_ok = args.vs_pytorch && pytorch_available(&say);
+    let mut rows = vec![];
+    for case in cases {
+        let ours = run_ours(case, &args, threads)?;
+        let torch = if torch_ok {
+            match run_pytorch(case, args.steps, threads) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    say(format!(
+                        "PyTorch reference failed on config {}: {e:#}",
+                        case.name
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let row = Row {
+            config: case.name,
+            torch: torch.as_ref().map(|t| Versus::new(&ours, t)),
+            ours,
+        };
+        if !args.json {
+            print_row(case, &row);
+        }
+        rows.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}
+
+fn which_name(w: Which) -> Option<&'static str> {
+    match w {
+        Which::A => Some("a"),
+        Which::B => Some("b"),
+        Which::C => Some("c"),
+        Which::All => None,
+    }
+}
+
+fn print_header(threads: usize, kernels: Kernels, steps: u64) {
+    let profile = match env!("XTASK_PROFILE") {
+        "debug" => "dev",
+        p => p,
+    };
+    println!(
+        "bench-train: {threads} threads, kernels {}, build profile {profile} (xtask opt-level {}), \
+         {WARMUP} warm-up + {steps} timed steps, median",
+        kernels.name(),
+        env!("XTASK_OPT_LEVEL"),
+    );
+    if cfg!(debug_assertions) {
+        println!(
+            "warning: built with debug assertions (dev profile): workspace crates that do not \
+             turn them off in Cargo.toml run their debug checks; \
+             `cargo run --release -p xtask -- bench-train` runs none"
+        );
+    }
+}
+
+fn print_row(case: &Case, row: &Row) {
+    let label = format!(
+        "({}) ResNet-{} {} px, batch {}",
+        case.name, case.depth, case.size, case.batch
+    );
+    let line = |who: &str, s: &Speed| {
+        println!(
+            "{who:32} train {:8.2} img/s   infer {:8.2} img/s   peak RSS {:6.0} MiB",
+            s.train_img_s, s.infer_img_s, s.peak_rss_mib
+        )
+    };
+    line(&label, &row.ours);
+    if let Some(v) = &row.torch {
+        let torch = Speed {
+            train_img_s: v.pytorch_train_img_s,
+            infer_img_s: v.pytorch_infer_img_s,
+            peak_rss_mib: v.pytorch_peak_rss_mib,
+        };
+        line("    PyTorch", &torch);
+        println!(
+            "{:32} train {:8.2}x        infer {:8.2}x",
+            "    ours / PyTorch", v.train_ratio, v.infer_ratio
+        );
+    }
+}
+
+/// Runs one config in a child process of this executable.
+fn run_ours(case: &Case, args: &BenchTrainArgs, threads: usize) -> anyhow::Result<Speed> {
+    let exe = std::env::current_exe().context("locating the xtask executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench-train", "--child", "--config", case.name])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .env("FER_KERNELS", args.kernels.name())
+        .env("RAYON_NUM_THREADS", threads.to_string());
+    let out = child_json(cmd).with_context(|| format!("benchmarking config {}", case.name))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+fn reference_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench/bench_pytorch.py")
+}
+
+/// Whether `python3` can import torch; says why not when it cannot.
+fn pytorch_available(say: &dyn Fn(String)) -> bool {
+    let out = Command::new("python3")
+        .args(["-c", "import torch"])
+        .stdin(Stdio::null())
+        .output();
+    let why = match out {
+        Err(e) => format!("python3 could not be run ({e})"),
+        Ok(o) if !o.status.success() => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last = err
+                .lines()
+                .last()
+                .unwrap_or("no message")
+                .trim()
+                .to_string();
+            format!("`import torch` failed in python3 ({last})")
+        }
+        Ok(_) => return true,
+    };
+    say(format!(
+        "--vs-pytorch: skipped, {why}; the Rust benchmark runs alone"
+    ));
+    false
+}
+
+/// Runs the PyTorch reference on one config in a fresh Python process.
+fn run_pytorch(case: &Case, steps: u64, threads: usize) -> anyhow::Result<Speed> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(reference_script())
+        .args(["--depth", &case.depth.to_string()])
+        .args(["--size", &case.size.to_string()])
+        .args(["--batch", &case.batch.to_string()])
+        .args(["--steps", &steps.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .env("OMP_NUM_THREADS", threads.to_string());
+    Ok(serde_json::from_str(&child_json(cmd)?)?)
+}
+
+/// Runs a command whose last stdout line is a JSON object; its stderr goes to ours.
+fn child_json(mut cmd: Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{:?} exited with {}", cmd.get_program(), out.status);
+    }
+    let stdout = String::from_utf8(out.stdout)?;
+    match stdout.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(l) => Ok(l.to_string()),
+        None => bail!("{:?} printed no result", cmd.get_program()),
+    }
+}
+
+/// Measures one config in this process: stage-2 training steps, then eval-mode forwards.
+fn measure(case: &Case, steps: usize) -> anyhow::Result<Speed> {
+    let dev = Device::Cpu;
+    let mut cfg = ModelConfig::default();
+    cfg.backbone.depth = case.depth;
+    let varmap = VarMap::new();
+    let model = TwoAttTwoMt::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let opt_cfg = OptimizerConfig {
+        kind: OptimizerKind::Adamw,
+        lr: 1e-4,
+        ..OptimizerConfig::default()
+    };
+    let mut opt = Optimizer::new(&opt_cfg, trainable_vars(&varmap))?;
+    let loss_cfg = LossConfig::default();
+
+    let (b, s, k) = (case.batch, case.size, cfg.num_classes);
+    let images = Tensor::randn(0f32, 1.0, (b, 3, s, s), &dev)?;
+    let classes = Tensor::rand(0f32, k as f32, b, &dev)?.floor()?;
+    let classes = classes.clamp(0f32, (k - 1) as f32)?.to_dtype(DType::I64)?;
+    let valence = Tensor::rand(-1f32, 1.0, b, &dev)?;
+    let arousal = Tensor::rand(-1f32, 1.0, b, &dev)?;
+    let mask = Tensor::ones(b, DType::F32, &dev)?;
+
+    let train = time_steps(steps, || {
+        let out = model.forward(&images, true)?;
+        let logits = out
+            .logits
+            .as_ref()
+            .context("the model has no class logits")?;
+        let class = ClassInputs {
+            logits,
+            aux_logits: out.aux_logits.as_ref(),
+            targets: &classes,
+        };
+        let va = VaInputs {
+            valence_pred: &out.valence,
+            arousal_pred: &out.arousal,
+            valence: &valence,
+            arousal: &arousal,
+            mask: &mask,
+        };
+        let parts = stage_loss(Stage::Dimensional, &loss_cfg, Some(class), Some(va))?;
+        let grads = parts.total.backward()?;
+        opt.step(&grads, opt_cfg.lr)?;
+        Ok(())
+    })?;
+    let infer = time_steps(steps, || {
+        model.forward(&images, false)?;
+        Ok(())
+    })?;
+    Ok(Speed {
+        train_img_s: b as f64 / train,
+        infer_img_s: b as f64 / infer,
+        peak_rss_mib: peak_rss_kib()? as f64 / 1024.0,
+    })
+}
+
+/// Median seconds of `steps` calls of `f` after [`WARMUP`] untimed ones.
+fn time_steps(steps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    for _ in 0..WARMUP {
+        f()?;
+    }
+    let mut secs = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        f()?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    median(&mut secs).context("no timed steps")
+}
+
+fn median(xs: &mut [f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// This process's peak resident set size (`VmHWM`), in KiB.
+fn peak_rss_kib() -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    parse_vm_hwm(&status).context("no VmHWM line in /proc/self/status")
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_kib() {
+        let status = "Name:\txtask\nVmPeak:\t  999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(204800));
+        assert_eq!(parse_vm_hwm("Name:\txtask\n"), None);
+    }
+
+    #[test]
+    fn json_row_has_the_documented_keys() {
+        let ours: Speed = serde_json::from_str(
+            r#"{"train_img_s": 10.0, "infer_img_s": 40.0, "peak_rss_mib": 900.5}"#,
+        )
+        .unwrap();
+        // The PyTorch script prints extra keys; they are ignored.
+        let torch: Speed = serde_json::from_str(
+            r#"{"train_img_s": 20.0, "infer_img_s": 50.0, "peak_rss_mib": 700.0, "depth": 18}"#,
+        )
+        .unwrap();
+        let plain = Row {
+            config: "a",
+            ours: ours.clone(),
+            torch: None,
+        };
+        let v = serde_json::to_value(&plain).unwrap();
+        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 4, "{keys:?}");
+        assert_eq!(v["config"], "a");
+        assert_eq!(v["peak_rss_mib"], 900.5);
+
+        let vs = Row {
+            config: "b",
+            torch: Some(Versus::new(&ours, &torch)),
+            ours,
+        };
+        let v = serde_json::to_value(&vs).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 9);
+        assert_eq!(v["pytorch_train_img_s"], 20.0);
+        assert_eq!(v["train_ratio"], 0.5);
+        assert_eq!(v["infer_ratio"], 0.8);
+        assert_eq!(v["pytorch_peak_rss_mib"], 700.0);
+    }
+}
