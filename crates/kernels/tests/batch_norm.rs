@@ -2,24 +2,14 @@
 //! (values, statistics, autograd gradients) and against finite differences.
 
 use candle_core::{Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn rand(rng: &mut ChaCha8Rng, dims: &[usize], lo: f32, hi: f32) -> Tensor {
-    let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-}
+mod common;
+use common::{max_abs, uniform, values};
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+fn rand(rng: &mut ChaCha8Rng, dims: &[usize], lo: f32, hi: f32) -> Tensor {
+    uniform(rng, dims, lo, hi)
 }
 
 /// Reference: candle ops on the NCHW tensor, statistics over dims 0, 2, 3.
@@ -76,35 +66,29 @@ fn matches_generic_ops_in_values_statistics_and_gradients() {
 fn input_gradient_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (b, c, h, w) = (3, 2, 3, 4);
-    let x0: Vec<f32> = rand(&mut rng, &[b, c, h, w], -1.0, 1.0)
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let x0: Vec<f32> = values(&rand(&mut rng, &[b, c, h, w], -1.0, 1.0));
     let g = rand(&mut rng, &[c], 0.5, 1.5);
     let be = rand(&mut rng, &[c], -0.5, 0.5);
     let r = rand(&mut rng, &[b, c, h, w], -1.0, 1.0);
     let f = |xv: &[f32]| -> f64 {
         let x = Tensor::from_slice(xv, (b, c, h, w), &Device::Cpu).unwrap();
         let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
-        let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        let r: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = values(&y);
+        let r: Vec<f32> = values(&r);
         y.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum()
     };
     let x = Var::from_slice(&x0, (b, c, h, w), &Device::Cpu).unwrap();
     let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
-    let grad: Vec<f32> = (y * &r)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap()
-        .get(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let grad: Vec<f32> = values(
+        (y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(&x)
+            .unwrap(),
+    );
     let eps = 1e-2f32;
     for i in 0..x0.len() {
         let (mut p, mut m) = (x0.clone(), x0.clone());

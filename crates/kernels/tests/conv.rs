@@ -2,39 +2,18 @@
 //! against finite differences.
 
 use candle_core::{Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn randn(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
-    let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-}
+mod common;
+use common::{max_abs, max_abs_diff, uniform, values};
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+fn randn(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
+    uniform(rng, dims, -1.0, 1.0)
 }
 
 fn scale(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1.0)
+    max_abs(t).max(1.0)
 }
 
 /// (batch, c_in, h, w, c_out, k, stride, padding)
@@ -122,14 +101,8 @@ fn gradients_match_finite_differences() {
             .unwrap();
         let eps = 1e-2f32;
         for (which, v) in [(0, &x), (1, &wt)] {
-            let g: Vec<f32> = grads
-                .get(v)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let base: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            let g: Vec<f32> = values(grads.get(v).unwrap());
+            let base: Vec<f32> = values(&v);
             // A spread of coordinates, first and last included.
             for i in (0..base.len())
                 .step_by((base.len() / 9).max(1))

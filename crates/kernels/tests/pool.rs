@@ -5,6 +5,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::values;
+
 /// Distinct values (a shuffled ramp), so every window has one maximum and small bumps keep it.
 fn distinct(rng: &mut ChaCha8Rng, dims: &[usize]) -> Vec<f32> {
     let n: usize = dims.iter().product();
@@ -51,19 +54,13 @@ fn forward_matches_definition_and_gradient_matches_finite_differences() {
             .unwrap()
             .expect("CPU f32 runs the kernel");
         assert_eq!(y.dims(), [b, c, h.div_ceil(2), w.div_ceil(2)]);
-        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = values(&y);
         assert_eq!(got, naive(&x0, b * c, h, w), "{b}x{c}x{h}x{w}");
 
         let r: Vec<f32> = (0..got.len()).map(|i| (i as f32 * 0.7).sin()).collect();
         let rt = Tensor::from_slice(&r, y.dims(), &Device::Cpu).unwrap();
         let grads = (y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
-        let g: Vec<f32> = grads
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let g: Vec<f32> = values(grads.get(&x).unwrap());
         let f = |v: &[f32]| -> f64 {
             naive(v, b * c, h, w)
                 .iter()
@@ -90,7 +87,7 @@ fn ties_send_the_gradient_to_the_first_maximum() {
     let x = Var::from_slice(&[1f32; 9], (1, 1, 3, 3), &Device::Cpu).unwrap();
     let y = fer_kernels::max_pool_3x3_s2(&x).unwrap().unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
-    let g: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let g: Vec<f32> = values(g.get(&x).unwrap());
     // Outputs (0,0), (0,1), (1,0), (1,1) have windows starting at (0,0), (0,1), (1,0), (1,1).
     assert_eq!(g, vec![1., 1., 0., 1., 1., 0., 0., 0., 0.]);
 }

@@ -68,6 +68,11 @@ fn run(cfg: &ModelConfig, x: &Tensor, fast: bool) -> Vec<(String, Tensor)> {
     got
 }
 
+fn max_abs(t: &Tensor) -> f32 {
+    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
 #[test]
 fn fast_kernels_and_candle_ops_agree() {
     let mut cfg = ModelConfig::default();
@@ -79,26 +84,8 @@ fn fast_kernels_and_candle_ops_agree() {
     let mut worst = 0f32;
     for ((name, a), (name_b, b)) in fast.iter().zip(&plain) {
         assert_eq!(name, name_b);
-        let scale = b
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1e-3);
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(b).max(1e-3);
+        let diff = max_abs(&(a - b).unwrap());
         worst = worst.max(diff / scale);
         assert!(diff <= 1e-3 * scale, "{name}: {diff} (scale {scale})");
     }
