@@ -67,22 +67,24 @@ pub(crate) fn affine(
     (scale, shift)
 }
 
-/// `y = x * scale[c] + shift[c]`, parallel over images.
-pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+/// `y = x * scale[c] + shift[c]` (then `max(y, 0)` with `relu`), parallel over images.
+pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(d.c * d.s).enumerate().for_each(|(b, yb)| {
         for c in 0..d.c {
             let (sc, sh) = (scale[c], shift[c]);
             let xs = &x[d.plane(b, c)];
             for (o, &v) in yb[c * d.s..(c + 1) * d.s].iter_mut().zip(xs) {
-                *o = v * sc + sh;
+                *o = (v * sc + sh).max(floor);
             }
         }
     });
     y
 }
 
-/// Gradients of the training-mode BatchNorm: `(dx, dgamma, dbeta)`.
+/// Gradients of the training-mode BatchNorm: `(dx, dgamma, dbeta)`. With `relu_out` (the
+/// forward's output after a fused ReLU) the incoming gradient is first zeroed where it is zero.
 ///
 /// With `xh = (x - mean) * invstd` and `M` values per channel:
 /// `dbeta = sum dy`, `dgamma = sum dy * xh`,
@@ -91,6 +93,7 @@ pub(crate) fn backward(
     d: Dims,
     x: &[f32],
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     mean: &[f32],
     invstd: &[f32],
     gamma: &[f32],
@@ -101,7 +104,8 @@ pub(crate) fn backward(
             let (mut sdy, mut sdyx) = (0f64, 0f64);
             for b in 0..d.b {
                 let (mut a, mut e) = (0f32, 0f32);
-                for (&g, &v) in dy[d.plane(b, c)].iter().zip(&x[d.plane(b, c)]) {
+                for (i, &v) in d.plane(b, c).zip(&x[d.plane(b, c)]) {
+                    let g = grad(dy, relu_out, i);
                     a += g;
                     e += g * (v - mean[c]);
                 }
@@ -121,11 +125,20 @@ pub(crate) fn backward(
                 let k = gamma[c] * invstd[c];
                 let mdb = dbeta[c] / m;
                 let mdg = dgamma[c] / m * invstd[c];
-                let (xs, gs) = (&x[d.plane(b, c)], &dy[d.plane(b, c)]);
-                for ((o, &v), &g) in db[c * d.s..(c + 1) * d.s].iter_mut().zip(xs).zip(gs) {
-                    *o = k * (g - mdb - (v - mean[c]) * mdg);
+                let out = db[c * d.s..(c + 1) * d.s].iter_mut();
+                for ((o, &v), i) in out.zip(&x[d.plane(b, c)]).zip(d.plane(b, c)) {
+                    *o = k * (grad(dy, relu_out, i) - mdb - (v - mean[c]) * mdg);
                 }
             }
         });
     (dx, dgamma, dbeta)
+}
+
+/// The gradient reaching the normalisation at `i`: none where a fused ReLU cut the output.
+#[inline(always)]
+fn grad(dy: &[f32], relu_out: Option<&[f32]>, i: usize) -> f32 {
+    match relu_out {
+        Some(y) if y[i] <= 0.0 => 0.0,
+        _ => dy[i],
+    }
 }

@@ -95,19 +95,22 @@ pub struct BatchStats {
 
 /// Training-mode BatchNorm of `x [B, C, H, W]`: `(x - mean) / sqrt(var + eps) * gamma + beta`
 /// with the batch's own per-channel statistics, differentiable in `x`, `gamma` and `beta`
-/// (through the statistics too). Returns the output and the statistics.
+/// (through the statistics too), followed by a ReLU when `relu` (fused: no extra passes).
+/// Returns the output and the statistics.
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
     let fast = enabled()
         && x.device().is_cpu()
         && x.rank() == 4
         && [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
     if !fast {
-        return batch_norm_plain(x, gamma, beta, eps);
+        let (y, stats) = batch_norm_plain(x, gamma, beta, eps)?;
+        return Ok((if relu { y.relu()? } else { y }, stats));
     }
     let (b, c, h, w) = x.dims4()?;
     if gamma.dims() != [c] || beta.dims() != [c] {
@@ -128,7 +131,12 @@ pub fn batch_norm_train(
         mean: Tensor::from_slice(&mean, c, x.device())?,
         var: Tensor::from_vec(var, c, x.device())?,
     };
-    let op = op::BatchNormTrain { dims, mean, invstd };
+    let op = op::BatchNormTrain {
+        dims,
+        mean,
+        invstd,
+        relu,
+    };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     Ok((y, stats))
 }

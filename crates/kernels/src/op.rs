@@ -90,6 +90,8 @@ pub(crate) struct BatchNormTrain {
     pub dims: crate::batch_norm::Dims,
     pub mean: Vec<f32>,
     pub invstd: Vec<f32>,
+    /// A ReLU fused after the affine step.
+    pub relu: bool,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -108,7 +110,7 @@ impl CustomOp3 for BatchNormTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (scale, shift) = batch_norm::affine(&self.mean, &self.invstd, gamma, beta);
-        let y = batch_norm::apply(self.dims, x, &scale, &shift);
+        let y = batch_norm::apply(self.dims, x, &scale, &shift, self.relu);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -117,20 +119,18 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dgamma, dbeta) = with_data(dy, |dy| {
             with_data(x, |x| {
                 with_data(gamma, |g| {
-                    Ok(batch_norm::backward(
-                        self.dims,
-                        x,
-                        dy,
-                        &self.mean,
-                        &self.invstd,
-                        g,
-                    ))
+                    with_data(res, |y| {
+                        let relu_out = self.relu.then_some(y);
+                        let (mean, invstd) = (&self.mean, &self.invstd);
+                        let d = self.dims;
+                        Ok(batch_norm::backward(d, x, dy, relu_out, mean, invstd, g))
+                    })
                 })
             })
         })?;

@@ -40,24 +40,40 @@ const SHAPES: &[[usize; 4]] = &[
 #[test]
 fn matches_generic_ops_in_values_statistics_and_gradients() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for &[b, c, h, w] in SHAPES {
-        // An offset mean and spread, as activations have.
-        let x = Var::from_tensor(&rand(&mut rng, &[b, c, h, w], -1.0, 3.0)).unwrap();
-        let g = Var::from_tensor(&rand(&mut rng, &[c], 0.5, 1.5)).unwrap();
-        let be = Var::from_tensor(&rand(&mut rng, &[c], -0.5, 0.5)).unwrap();
-        let r = rand(&mut rng, &[b, c, h, w], -1.0, 1.0);
-        let (y, stats) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
-        let (ye, me, ve) = reference(&x, &g, &be, 1e-5);
-        let what = format!("{b}x{c}x{h}x{w}");
-        assert!(max_abs(&(&y - &ye).unwrap()) < 1e-4, "y {what}");
-        assert!(max_abs(&(&stats.mean - &me).unwrap()) < 1e-5, "mean {what}");
-        assert!(max_abs(&(&stats.var - &ve).unwrap()) < 1e-5, "var {what}");
-        let ga = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let ge = (ye * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in [("dx", &x), ("dgamma", &g), ("dbeta", &be)] {
-            let (a, e) = (ga.get(v).unwrap(), ge.get(v).unwrap());
-            let tol = 1e-4 * max_abs(e).max(1.0);
-            assert!(max_abs(&(a - e).unwrap()) < tol, "{name} {what}");
+    for relu in [false, true] {
+        for &[b, c, h, w] in SHAPES {
+            // An offset mean and spread, as activations have.
+            let x = Var::from_tensor(&rand(&mut rng, &[b, c, h, w], -1.0, 3.0)).unwrap();
+            let g = Var::from_tensor(&rand(&mut rng, &[c], 0.5, 1.5)).unwrap();
+            let be = Var::from_tensor(&rand(&mut rng, &[c], -0.5, 0.5)).unwrap();
+            let r = rand(&mut rng, &[b, c, h, w], -1.0, 1.0);
+            let (y, stats) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5, relu).unwrap();
+            let (ye, me, ve) = reference(&x, &g, &be, 1e-5);
+            let ye = if relu { ye.relu().unwrap() } else { ye };
+            let what = format!("{b}x{c}x{h}x{w} relu {relu}");
+            assert!(max_abs(&(&y - &ye).unwrap()) < 1e-4, "y {what}");
+            assert!(max_abs(&(&stats.mean - &me).unwrap()) < 1e-5, "mean {what}");
+            assert!(max_abs(&(&stats.var - &ve).unwrap()) < 1e-5, "var {what}");
+            if relu {
+                // Both sides of the kink are exercised.
+                let pos = values(&y).iter().filter(|v| **v > 0.0).count();
+                assert!(
+                    pos > 0 && pos < y.elem_count() || y.elem_count() == 1,
+                    "{what}"
+                );
+            }
+            let ga = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let ge = (ye * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("dx", &x), ("dgamma", &g), ("dbeta", &be)] {
+                let (a, e) = (ga.get(v).unwrap(), ge.get(v).unwrap());
+                let tol = 1e-4 * max_abs(e).max(1.0);
+                assert!(
+                    max_abs(&(a - e).unwrap()) < tol,
+                    "{name} {what}: {:?} vs {:?}",
+                    values(a),
+                    values(e)
+                );
+            }
         }
     }
 }
@@ -72,13 +88,13 @@ fn input_gradient_matches_finite_differences() {
     let r = rand(&mut rng, &[b, c, h, w], -1.0, 1.0);
     let f = |xv: &[f32]| -> f64 {
         let x = Tensor::from_slice(xv, (b, c, h, w), &Device::Cpu).unwrap();
-        let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
+        let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5, false).unwrap();
         let y: Vec<f32> = values(&y);
         let r: Vec<f32> = values(&r);
         y.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum()
     };
     let x = Var::from_slice(&x0, (b, c, h, w), &Device::Cpu).unwrap();
-    let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5).unwrap();
+    let (y, _) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5, false).unwrap();
     let grad: Vec<f32> = values(
         (y * &r)
             .unwrap()

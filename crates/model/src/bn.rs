@@ -34,11 +34,13 @@ impl BatchNorm {
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// BatchNorm, then a ReLU when `relu` (fused into the kernel in training mode).
+    pub(crate) fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !train {
-            return self.forward_eval(x);
+            let y = self.forward_eval(x)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
-        let (y, stats) = fer_kernels::batch_norm_train(x, &self.weight, &self.bias, EPS)?;
+        let (y, stats) = fer_kernels::batch_norm_train(x, &self.weight, &self.bias, EPS, relu)?;
         let m = (x.elem_count() / x.dim(1)?) as f64;
         let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
         let mean =

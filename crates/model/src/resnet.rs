@@ -54,7 +54,12 @@ struct ConvBn {
 
 impl ConvBn {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train)
+        self.bn.forward(&self.conv.forward(x)?, train, false)
+    }
+
+    /// Conv, BatchNorm, ReLU.
+    fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward(&self.conv.forward(x)?, train, true)
     }
 }
 
@@ -113,7 +118,7 @@ impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (y, downsample) = match self {
             Block::Basic { a, b, downsample } => {
-                let y = a.forward(x, train)?.relu()?;
+                let y = a.forward_relu(x, train)?;
                 (b.forward(&y, train)?, downsample)
             }
             Block::Bottleneck {
@@ -122,8 +127,8 @@ impl Block {
                 c,
                 downsample,
             } => {
-                let y = a.forward(x, train)?.relu()?;
-                let y = b.forward(&y, train)?.relu()?;
+                let y = a.forward_relu(x, train)?;
+                let y = b.forward_relu(&y, train)?;
                 (c.forward(&y, train)?, downsample)
             }
         };
@@ -244,7 +249,7 @@ impl ResNet {
     /// `x`: `[B, 3, S, S]`. Returns the tapped maps, shallow to deep. `train` selects batch
     /// statistics (and updates the running ones) in every BatchNorm.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let mut x = self.stem.forward(x, train)?.relu()?;
+        let mut x = self.stem.forward_relu(x, train)?;
         if self.max_pool {
             x = match fer_kernels::max_pool_3x3_s2(&x)? {
                 Some(y) => y,
