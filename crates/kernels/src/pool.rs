@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 pub(crate) fn out_len(n: usize) -> usize {
-    (n + 1) / 2
+    n.div_ceil(2)
 }
 
 /// The window of output `o` along one axis: `2o - 1 ..= 2o + 1`, clipped.
