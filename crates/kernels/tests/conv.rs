@@ -17,7 +17,9 @@ fn scale(t: &Tensor) -> f32 {
 }
 
 /// (batch, c_in, h, w, c_out, k, stride, padding)
-const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CASES: &[Case] = &[
     (1, 1, 5, 5, 1, 3, 1, 1),
     (2, 3, 7, 9, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
@@ -102,7 +104,7 @@ fn gradients_match_finite_differences() {
         let eps = 1e-2f32;
         for (which, v) in [(0, &x), (1, &wt)] {
             let g: Vec<f32> = values(grads.get(v).unwrap());
-            let base: Vec<f32> = values(&v);
+            let base: Vec<f32> = values(v);
             // A spread of coordinates, first and last included.
             for i in (0..base.len())
                 .step_by((base.len() / 9).max(1))
