@@ -71,6 +71,9 @@ pub(crate) fn affine(
 pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
     let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
     let mut y = vec![0f32; x.len()];
+    if y.is_empty() {
+        return y;
+    }
     y.par_chunks_mut(d.c * d.s).enumerate().for_each(|(b, yb)| {
         for c in 0..d.c {
             let (sc, sh) = (scale[c], shift[c]);
@@ -118,6 +121,9 @@ pub(crate) fn backward(
     let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = sums.into_iter().unzip();
     let m = d.m() as f32;
     let mut dx = vec![0f32; x.len()];
+    if dx.is_empty() {
+        return (dx, dgamma, dbeta);
+    }
     dx.par_chunks_mut(d.c * d.s)
         .enumerate()
         .for_each(|(b, db)| {

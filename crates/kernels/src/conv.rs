@@ -71,6 +71,9 @@ fn blocks_into(
     per_image: usize,
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
+    if out.is_empty() || per_image == 0 {
+        return;
+    }
     let run = |(i, chunk): (usize, &mut [f32])| f(i * p.per_block, chunk.len() / per_image, chunk);
     let chunks = out.chunks_mut(p.per_block * per_image).enumerate();
     if p.gemm_threads > 1 {

@@ -26,6 +26,7 @@
 
 mod batch_norm;
 mod conv;
+mod error;
 mod im2col;
 mod matmul;
 mod op;
@@ -34,6 +35,8 @@ mod pool;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Result, Tensor, D};
+
+pub use error::KernelError;
 
 const UNSET: u8 = 0;
 const ON: u8 = 1;
@@ -114,11 +117,12 @@ pub fn batch_norm_train(
     }
     let (b, c, h, w) = x.dims4()?;
     if gamma.dims() != [c] || beta.dims() != [c] {
-        candle_core::bail!(
-            "fer-kernels batch_norm_train: {c} channels but gamma {:?}, beta {:?}",
-            gamma.dims(),
-            beta.dims()
-        );
+        return Err(KernelError::Affine {
+            channels: c,
+            gamma: gamma.dims().to_vec(),
+            beta: beta.dims().to_vec(),
+        }
+        .into());
     }
     let x = x.contiguous()?;
     let dims = batch_norm::Dims { b, c, s: h * w };

@@ -4,6 +4,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
 };
 
+use crate::error::KernelError;
 use crate::im2col::Geom;
 use crate::{batch_norm, conv, pool};
 
@@ -13,33 +14,39 @@ fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(cpu) => f(slice(cpu, layout)?),
-        other => candle_core::bail!(
-            "fer-kernels: expected a CPU tensor, got {:?}",
-            other.device().location()
-        ),
+        other => Err(KernelError::Storage(format!("{:?}", other.device().location())).into()),
     }
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("fer-kernels: non-contiguous input"),
+        None => Err(KernelError::Storage("a non-contiguous layout".into()).into()),
     }
 }
 
-fn dims4(shape: &Shape, what: &str) -> Result<[usize; 4]> {
+fn dims4(shape: &Shape, op: &'static str, what: &'static str) -> Result<[usize; 4]> {
     match shape.dims() {
         &[a, b, c, d] => Ok([a, b, c, d]),
-        d => candle_core::bail!("fer-kernels conv2d: {what} must be 4-D, got {d:?}"),
+        d => Err(KernelError::Rank {
+            op,
+            what,
+            got: d.to_vec(),
+        }
+        .into()),
     }
 }
 
 pub(crate) fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
-    let (xd, wd) = (dims4(x, "input")?, dims4(w, "weight")?);
+    let (xd, wd) = (dims4(x, "conv2d", "input")?, dims4(w, "conv2d", "weight")?);
     Geom::new(xd, wd, stride, padding).ok_or_else(|| {
-        candle_core::Error::Msg(format!(
-            "fer-kernels conv2d: input {xd:?} and weight {wd:?} do not fit (stride {stride}, padding {padding})"
-        ))
+        KernelError::ConvShapes {
+            input: xd,
+            weight: wd,
+            stride,
+            padding,
+        }
+        .into()
     })
 }
 
@@ -152,9 +159,9 @@ pub(crate) fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result
 pub(crate) struct MaxPool3x3S2;
 
 fn pool_dims(shape: &Shape) -> Result<(usize, usize, usize)> {
-    let [b, c, h, w] = dims4(shape, "max-pool input")?;
+    let [b, c, h, w] = dims4(shape, "max-pool", "input")?;
     if h == 0 || w == 0 {
-        candle_core::bail!("fer-kernels max-pool: empty map {h}x{w}");
+        return Err(KernelError::EmptyMap { h, w }.into());
     }
     Ok((b * c, h, w))
 }

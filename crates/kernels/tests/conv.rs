@@ -1,7 +1,7 @@
 //! `fer_kernels::conv2d` against candle's own conv2d (forward and autograd gradients) and
 //! against finite differences.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -145,4 +145,18 @@ fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
     let bad = randn(&mut rng, &[4, 2, 3, 3]);
     let err = fer_kernels::conv2d(&x, &bad, 1, 1).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
+}
+
+#[test]
+fn an_empty_batch_gives_an_empty_output_and_gradients() {
+    let x =
+        Var::from_tensor(&Tensor::zeros((0, 3, 5, 5), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let w = Var::from_tensor(&randn(&mut rng, &[4, 3, 3, 3])).unwrap();
+    let y = fer_kernels::conv2d(&x, &w, 2, 1).unwrap();
+    assert_eq!(y.dims(), [0, 4, 3, 3]);
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(grads.get(&x).unwrap().dims(), [0, 3, 5, 5]);
+    // No images, no weight gradient.
+    assert_eq!(max_abs(grads.get(&w).unwrap()), 0.0);
 }

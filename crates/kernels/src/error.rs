@@ -1,0 +1,38 @@
+//! What the kernels refuse. The ops live inside candle's autograd, so these travel wrapped in
+//! `candle_core::Error` (`Error::wrap`); `downcast` recovers them.
+
+/// A tensor a kernel cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("fer-kernels {op}: {what} must be 4-D [B, C, H, W], got {got:?}")]
+    Rank {
+        op: &'static str,
+        what: &'static str,
+        got: Vec<usize>,
+    },
+    #[error("fer-kernels conv2d: input {input:?} and weight {weight:?} do not fit (stride {stride}, padding {padding})")]
+    ConvShapes {
+        input: [usize; 4],
+        weight: [usize; 4],
+        stride: usize,
+        padding: usize,
+    },
+    #[error(
+        "fer-kernels batch_norm_train: {channels} channels but gamma {gamma:?}, beta {beta:?}"
+    )]
+    Affine {
+        channels: usize,
+        gamma: Vec<usize>,
+        beta: Vec<usize>,
+    },
+    #[error("fer-kernels max-pool: empty map {h}x{w}")]
+    EmptyMap { h: usize, w: usize },
+    #[error("fer-kernels: expected a contiguous f32 CPU tensor, got {0}")]
+    Storage(String),
+}
+
+impl From<KernelError> for candle_core::Error {
+    fn from(e: KernelError) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
