@@ -50,7 +50,7 @@ fn backward_once(
 }
 
 fn check_trials(varmap: &VarMap, trials: &[candle_core::backprop::GradStore]) {
-    let trainable = trainable_vars(&varmap);
+    let trainable = trainable_vars(varmap);
     let all = varmap.all_vars().len();
     let running = varmap
         .data()
