@@ -301,6 +301,12 @@ fn run_predict(p: PredictCmd) -> Result<()> {
     let device = device(p.device)?;
     let ck = load_checkpoint(&p.checkpoint, &device)?;
     let spec = predict::InputSpec::from_checkpoint(&ck)?;
+    if !spec.va_trained {
+        eprintln!(
+            "note: {} was trained without valence/arousal labels: valence and arousal are left empty",
+            p.checkpoint.display()
+        );
+    }
     let (_, model) = ck.build(&device)?;
     let face = p.face_box.as_deref().map(predict::parse_box).transpose()?;
     let images = predict::collect_images(&p.paths)?;

@@ -23,8 +23,10 @@ pub struct Prediction {
     /// `None` for a model without a categorical head.
     pub expression: Option<String>,
     pub probabilities: Option<BTreeMap<String, f32>>,
-    pub valence: f32,
-    pub arousal: f32,
+    /// `None` (JSON `null`, an empty CSV cell) for a model trained without valence/arousal
+    /// labels, whose V/A head never learned.
+    pub valence: Option<f32>,
+    pub arousal: Option<f32>,
 }
 
 /// What the checkpoint says about its input.
@@ -32,6 +34,8 @@ pub struct InputSpec {
     pub size: usize,
     pub margin: f64,
     pub classes: Vec<String>,
+    /// Whether any training stage had a valence/arousal loss.
+    pub va_trained: bool,
 }
 
 impl InputSpec {
@@ -52,6 +56,14 @@ impl InputSpec {
             margin: get(keys::MARGIN)?.parse().map_err(|_| bad(keys::MARGIN))?,
             classes: serde_json::from_str(get(keys::CLASS_NAMES)?)
                 .map_err(|_| bad(keys::CLASS_NAMES))?,
+            va_trained: match ck.meta.get(keys::STAGES) {
+                Some(s) => {
+                    let stages: Vec<String> =
+                        serde_json::from_str(s).map_err(|_| bad(keys::STAGES))?;
+                    stages.iter().any(|s| s != "stage1")
+                }
+                None => true,
+            },
         })
     }
 }
@@ -202,12 +214,16 @@ pub fn predict(
                     .collect::<Result<Vec<_>>>()?;
                 let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
                 let file = dir.join(format!("{:04}-{stem}.png", chunk_no * 32 + i));
-                let caption = format!(
-                    "{} | V {:+.2} A {:+.2}",
-                    expression.as_deref().unwrap_or("-"),
-                    v[i],
-                    a[i]
-                );
+                let caption = if spec.va_trained {
+                    format!(
+                        "{} | V {:+.2} A {:+.2}",
+                        expression.as_deref().unwrap_or("-"),
+                        v[i],
+                        a[i]
+                    )
+                } else {
+                    expression.clone().unwrap_or_else(|| "-".into())
+                };
                 plots::attention(
                     &file,
                     &[AttentionFace {
@@ -223,8 +239,8 @@ pub fn predict(
                 path: path.display().to_string(),
                 expression,
                 probabilities,
-                valence: v[i],
-                arousal: a[i],
+                valence: spec.va_trained.then_some(v[i]),
+                arousal: spec.va_trained.then_some(a[i]),
             });
         }
     }
@@ -260,8 +276,8 @@ pub fn format_predictions(
             s.push_str(&format!(
                 "{quoted},{},{},{}",
                 p.expression.as_deref().unwrap_or(""),
-                p.valence,
-                p.arousal
+                p.valence.map_or(String::new(), |v| v.to_string()),
+                p.arousal.map_or(String::new(), |v| v.to_string())
             ));
             for c in classes {
                 let v = p.probabilities.as_ref().and_then(|m| m.get(c));
@@ -303,8 +319,8 @@ mod tests {
             path: "a,b.png".into(),
             expression: Some("Happy".into()),
             probabilities: Some(probs),
-            valence: 0.5,
-            arousal: -0.25,
+            valence: Some(0.5),
+            arousal: Some(-0.25),
         }];
         let classes = vec!["Happy".to_string(), "Sad".to_string()];
         let csv = format_predictions(&p, Some(Path::new("x.csv")), &classes).unwrap();
@@ -316,5 +332,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
         assert_eq!(v["probabilities"]["Sad"], 0.25);
         assert!(format_predictions(&p, Some(Path::new("x.txt")), &classes).is_err());
+        // A model without a trained V/A head: empty cells and nulls.
+        let q = vec![Prediction {
+            valence: None,
+            arousal: None,
+            ..p[0].clone()
+        }];
+        let csv = format_predictions(&q, Some(Path::new("x.csv")), &classes).unwrap();
+        assert!(csv.ends_with("\"a,b.png\",Happy,,,0.75,0.25\n"), "{csv}");
+        let js = format_predictions(&q, None, &classes).unwrap();
+        let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
+        assert!(v["valence"].is_null() && v["arousal"].is_null());
     }
 }

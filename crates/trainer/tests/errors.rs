@@ -197,4 +197,26 @@ fn image_folder_set_trains_categorically() {
     assert_eq!(m["epochs"], 2);
     assert!(!run.join("va-scatter.png").exists());
     assert!(run.join("confusion.png").is_file());
+
+    // Its V/A head never learned: predict leaves valence/arousal empty and says why.
+    let raw_val = data.parent().unwrap().join("raw").join("test");
+    let ck = run.join("best.safetensors");
+    let o = trainer(&[
+        "predict",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        raw_val.to_str().unwrap(),
+    ]);
+    let lines = ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("trained without valence/arousal labels"),
+        "{stderr}"
+    );
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert!(
+        first["valence"].is_null() && first["arousal"].is_null(),
+        "{first}"
+    );
+    assert!(first["expression"].is_string());
 }
