@@ -251,10 +251,15 @@ fn attention_faces(
                     .zip(&maps)
                     .map(|(&(h, w), m)| (h, w, m[j].clone()))
                     .collect(),
-                caption: format!(
-                    "truth {truth} | pred {pred} | V {:+.2} A {:+.2}",
-                    vals[j], ars[j]
-                ),
+                // A set without V/A labels trained no V/A head: its values mean nothing.
+                caption: if val.has_va() {
+                    format!(
+                        "truth {truth} | pred {pred} | V {:+.2} A {:+.2}",
+                        vals[j], ars[j]
+                    )
+                } else {
+                    format!("truth {truth} | pred {pred}")
+                },
             })
         })
         .collect::<Result<Vec<_>>>()
