@@ -70,19 +70,23 @@ pub fn set_enabled(on: bool) {
     STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
 }
 
+/// Whether the kernels take `x` (a 4-D map) with the tensors that go with it: switched on, on
+/// the CPU, all f32. Otherwise the callers use candle's ops.
+fn runs_here(x: &Tensor, with: &[&Tensor]) -> bool {
+    enabled()
+        && x.device().is_cpu()
+        && x.rank() == 4
+        && std::iter::once(x)
+            .chain(with.iter().copied())
+            .all(|t| t.dtype() == DType::F32)
+}
+
 /// `conv2d(x [B, C, H, W], w [O, C, KH, KW])` with `stride` and zero `padding` on both sides,
 /// no bias, dilation or groups — the convs of a ResNet. Differentiable in both arguments.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let fast = enabled()
-        && x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && x.rank() == 4
-        && w.rank() == 4;
-    if !fast {
+    if !(runs_here(x, &[w]) && w.rank() == 4) {
         return x.conv2d(w, padding, stride, 1, 1);
     }
-    op::geom(x.shape(), w.shape(), stride, padding)?;
     x.contiguous()?
         .apply_op2(&w.contiguous()?, op::Conv2d { stride, padding })
 }
@@ -107,11 +111,7 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
-    let fast = enabled()
-        && x.device().is_cpu()
-        && x.rank() == 4
-        && [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
-    if !fast {
+    if !runs_here(x, &[gamma, beta]) {
         let (y, stats) = batch_norm_plain(x, gamma, beta, eps)?;
         return Ok((if relu { y.relu()? } else { y }, stats));
     }
@@ -126,7 +126,7 @@ pub fn batch_norm_train(
     }
     let x = x.contiguous()?;
     let dims = batch_norm::Dims { b, c, s: h * w };
-    let (mean, var) = op::read(&x, |x| Ok(batch_norm::stats(dims, x)))?;
+    let (mean, var) = op::with_data(&x, |x| Ok(batch_norm::stats(dims, x)))?;
     let invstd = var
         .iter()
         .map(|v| 1.0 / (*v as f64 + eps).sqrt() as f32)
@@ -179,7 +179,7 @@ fn batch_norm_plain(
 /// `[B, C, H, W]`. The gradient goes to each window's first maximum. Only the CPU kernel is
 /// here: elsewhere, and with the kernels off, it returns `None` and the caller uses its own.
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Option<Tensor>> {
-    if !(enabled() && x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4) {
+    if !runs_here(x, &[]) {
         return Ok(None);
     }
     x.contiguous()?.apply_op1(op::MaxPool3x3S2).map(Some)

@@ -9,7 +9,7 @@ use crate::im2col::Geom;
 use crate::{batch_norm, conv, pool};
 
 /// Borrows a contiguous f32 CPU tensor's data.
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
@@ -37,7 +37,7 @@ fn dims4(shape: &Shape, op: &'static str, what: &'static str) -> Result<[usize; 
     }
 }
 
-pub(crate) fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
+fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
     let (xd, wd) = (dims4(x, "conv2d", "input")?, dims4(w, "conv2d", "weight")?);
     Geom::new(xd, wd, stride, padding).ok_or_else(|| {
         KernelError::ConvShapes {
@@ -148,11 +148,6 @@ impl CustomOp3 for BatchNormTrain {
             Some(Tensor::from_vec(dbeta, c, &Device::Cpu)?),
         ))
     }
-}
-
-/// Runs `f` on the data of a contiguous f32 CPU tensor (for callers outside the ops).
-pub(crate) fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    with_data(t, f)
 }
 
 /// The stem's 3x3 stride-2 padding-1 max-pool of `[B, C, H, W]`.
