@@ -30,6 +30,38 @@ impl StagePlan {
     }
 }
 
+const S1: StagePlan = StagePlan {
+    loss: Stage::Categorical,
+    name: "stage1",
+    section: 1,
+};
+const S2: StagePlan = StagePlan {
+    loss: Stage::Dimensional,
+    name: "stage2",
+    section: 2,
+};
+const JOINT: StagePlan = StagePlan {
+    loss: Stage::Joint,
+    name: "joint",
+    section: 1,
+};
+const VA: StagePlan = StagePlan {
+    loss: Stage::VaOnly,
+    name: "va-only",
+    section: 1,
+};
+
+/// Whether a run of these stages (by name, as a checkpoint records them) trained valence and
+/// arousal; unknown names count as training them, so nothing is hidden from older files.
+pub fn trains_va<S: AsRef<str>>(stage_names: &[S]) -> bool {
+    stage_names.iter().any(|n| {
+        [S1, S2, JOINT, VA]
+            .iter()
+            .find(|p| p.name == n.as_ref())
+            .is_none_or(|p| p.loss.uses_va())
+    })
+}
+
 /// What the data holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Labels {
@@ -57,26 +89,6 @@ pub fn resolve(
         ));
         cfg.model.num_classes = num_classes;
     }
-    const S1: StagePlan = StagePlan {
-        loss: Stage::Categorical,
-        name: "stage1",
-        section: 1,
-    };
-    const S2: StagePlan = StagePlan {
-        loss: Stage::Dimensional,
-        name: "stage2",
-        section: 2,
-    };
-    const JOINT: StagePlan = StagePlan {
-        loss: Stage::Joint,
-        name: "joint",
-        section: 1,
-    };
-    const VA: StagePlan = StagePlan {
-        loss: Stage::VaOnly,
-        name: "va-only",
-        section: 1,
-    };
     let stages = if !labels.va {
         if cfg.mode == Mode::VaOnly {
             return Err(Error::Data(
@@ -114,6 +126,14 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn va_training_by_stage_names() {
+        assert!(!trains_va(&["stage1"]));
+        assert!(trains_va(&["stage1", "stage2"]));
+        assert!(trains_va(&["joint"]) && trains_va(&["va-only"]));
+        assert!(trains_va(&["a-later-stage"]));
+    }
 
     #[test]
     fn folder_data_trains_stage1_only() {

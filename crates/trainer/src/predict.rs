@@ -60,7 +60,7 @@ impl InputSpec {
                 Some(s) => {
                     let stages: Vec<String> =
                         serde_json::from_str(s).map_err(|_| bad(keys::STAGES))?;
-                    stages.iter().any(|s| s != "stage1")
+                    crate::plan::trains_va(&stages)
                 }
                 None => true,
             },

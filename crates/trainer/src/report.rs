@@ -124,7 +124,14 @@ pub fn write(r: &ReportInput) -> Result<()> {
         figures.push(("Confusion matrix".into(), "confusion.png".into()));
     }
     if r.faces > 0 && !r.val.is_empty() {
-        let faces = attention_faces(r.model, r.val, r.faces, &r.metrics.classes, r.device)?;
+        let faces = attention_faces(
+            r.model,
+            r.val,
+            r.faces,
+            &r.metrics.classes,
+            crate::plan::trains_va(r.stages),
+            r.device,
+        )?;
         plots::attention(
             &r.out.join("attention.png"),
             &faces,
@@ -183,6 +190,7 @@ fn attention_faces(
     val: &Dataset,
     n: usize,
     classes: &[String],
+    va_trained: bool,
     device: &Device,
 ) -> Result<Vec<AttentionFace>> {
     let n = n.min(val.len());
@@ -251,8 +259,8 @@ fn attention_faces(
                     .zip(&maps)
                     .map(|(&(h, w), m)| (h, w, m[j].clone()))
                     .collect(),
-                // A set without V/A labels trained no V/A head: its values mean nothing.
-                caption: if val.has_va() {
+                // An untrained V/A head's values mean nothing.
+                caption: if va_trained {
                     format!(
                         "truth {truth} | pred {pred} | V {:+.2} A {:+.2}",
                         vals[j], ars[j]
