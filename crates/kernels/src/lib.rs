@@ -25,6 +25,7 @@
 //! ```
 
 mod batch_norm;
+pub mod check;
 mod conv;
 mod error;
 mod im2col;

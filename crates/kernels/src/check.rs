@@ -1,0 +1,250 @@
+//! Device checks: each public op of this crate run on a device and on the CPU from the same
+//! random inputs, outputs and gradients compared. `trainer gpu-check` prints the rows; the CPU
+//! side is the reference because it is the one the unit tests hold against candle's own ops.
+//!
+//! Adding an op is one entry in [`CASES`]: its input shapes and a function that runs the op on
+//! the inputs (as variables) and returns the named tensors to compare, gradients included.
+
+use candle_core::{backprop::GradStore, Device, Result, Tensor, Var};
+
+/// Largest accepted error, relative to the reference tensor's largest magnitude.
+pub const TOLERANCE: f32 = 1e-4;
+
+/// One compared tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckRow {
+    /// The case, e.g. `conv2d 3x3 s1 p1`.
+    pub op: &'static str,
+    /// The output or gradient, e.g. `y` or `grad x`.
+    pub output: String,
+    /// max |device - cpu| / max |cpu|; `None` when the op does not run on the device (it
+    /// returned nothing there, so callers fall back to their own implementation).
+    pub rel_err: Option<f32>,
+}
+
+impl CheckRow {
+    /// Within [`TOLERANCE`]. An op that does not run on the device is not a failure.
+    pub fn ok(&self) -> bool {
+        self.rel_err.is_none_or(|e| e <= TOLERANCE)
+    }
+}
+
+/// Runs an op on its inputs and names what to compare; empty when the op does not run there.
+type RunFn = fn(&[Var]) -> Result<Vec<(String, Tensor)>>;
+
+/// One op on inputs of fixed shapes (drawn from N(0, 1)).
+pub struct Case {
+    pub op: &'static str,
+    pub shapes: &'static [&'static [usize]],
+    run: RunFn,
+}
+
+/// The ops checked by [`compare_devices`]. Shapes are small but odd-sized, so that padding,
+/// strides and partial tiles are all exercised.
+pub const CASES: &[Case] = &[
+    Case {
+        op: "conv2d 3x3 s1 p1",
+        shapes: &[&[2, 8, 13, 13], &[16, 8, 3, 3], &[2, 16, 13, 13]],
+        run: |v| conv(v, 1, 1),
+    },
+    Case {
+        op: "conv2d 7x7 s2 p3",
+        shapes: &[&[2, 3, 29, 29], &[8, 3, 7, 7], &[2, 8, 15, 15]],
+        run: |v| conv(v, 2, 3),
+    },
+    Case {
+        op: "conv2d 1x1 s2 p0",
+        shapes: &[&[2, 16, 13, 13], &[32, 16, 1, 1], &[2, 32, 7, 7]],
+        run: |v| conv(v, 2, 0),
+    },
+    Case {
+        op: "batch_norm_train",
+        shapes: &[&[4, 6, 9, 7], &[6], &[6], &[4, 6, 9, 7]],
+        run: |v| batch_norm(v, false),
+    },
+    Case {
+        op: "batch_norm_train + relu",
+        shapes: &[&[4, 6, 9, 7], &[6], &[6], &[4, 6, 9, 7]],
+        run: |v| batch_norm(v, true),
+    },
+    Case {
+        op: "max_pool_3x3_s2",
+        shapes: &[&[2, 4, 15, 14], &[2, 4, 8, 7]],
+        run: max_pool,
+    },
+];
+
+/// `conv2d(x, w)` and the gradients of `sum(y * r)`; inputs `[x, w, r]`.
+fn conv(v: &[Var], stride: usize, padding: usize) -> Result<Vec<(String, Tensor)>> {
+    let [x, w, r] = v else { unreachable!() };
+    let y = crate::conv2d(x, w, stride, padding)?;
+    let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
+    with_grads(vec![("y".into(), y)], &grads, &[("x", x), ("w", w)])
+}
+
+/// `batch_norm_train(x, gamma, beta)`, its statistics and the gradients of `sum(y * r)`;
+/// inputs `[x, gamma, beta, r]`.
+fn batch_norm(v: &[Var], relu: bool) -> Result<Vec<(String, Tensor)>> {
+    let [x, gamma, beta, r] = v else {
+        unreachable!()
+    };
+    let (y, stats) = crate::batch_norm_train(x, gamma, beta, 1e-5, relu)?;
+    let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
+    let outputs = vec![
+        ("y".into(), y),
+        ("mean".into(), stats.mean),
+        ("var".into(), stats.var),
+    ];
+    with_grads(
+        outputs,
+        &grads,
+        &[("x", x), ("gamma", gamma), ("beta", beta)],
+    )
+}
+
+/// `max_pool_3x3_s2(x)` and the gradient of `sum(y * r)`; inputs `[x, r]`.
+fn max_pool(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [x, r] = v else { unreachable!() };
+    let Some(y) = crate::max_pool_3x3_s2(x)? else {
+        return Ok(vec![]);
+    };
+    let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
+    with_grads(vec![("y".into(), y)], &grads, &[("x", x)])
+}
+
+fn with_grads(
+    mut outputs: Vec<(String, Tensor)>,
+    grads: &GradStore,
+    vars: &[(&str, &Var)],
+) -> Result<Vec<(String, Tensor)>> {
+    for (name, var) in vars {
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
+        outputs.push((format!("grad {name}"), g.clone()));
+    }
+    Ok(outputs)
+}
+
+/// Every case of [`CASES`] on `dev` against the CPU: one row per output and gradient.
+pub fn compare_devices(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    for case in CASES {
+        rows.extend(compare_case(case, case.run, dev)?);
+    }
+    Ok(rows)
+}
+
+/// `case` on the CPU (the reference) against `run` on `dev`.
+fn compare_case(case: &Case, run: RunFn, dev: &Device) -> Result<Vec<CheckRow>> {
+    let inputs = case
+        .shapes
+        .iter()
+        .map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu))
+        .collect::<Result<Vec<_>>>()?;
+    let on = |d: &Device| -> Result<Vec<Var>> {
+        inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_device(d)?))
+            .collect()
+    };
+    let want = (case.run)(&on(&Device::Cpu)?)?;
+    let got = run(&on(dev)?)?;
+    if got.is_empty() {
+        return Ok(vec![CheckRow {
+            op: case.op,
+            output: "(does not run on this device)".into(),
+            rel_err: None,
+        }]);
+    }
+    if want.is_empty() {
+        return Ok(vec![CheckRow {
+            op: case.op,
+            output: "(does not run on the CPU: kernels switched off?)".into(),
+            rel_err: None,
+        }]);
+    }
+    want.iter()
+        .zip(&got)
+        .map(|((name, w), (_, g))| {
+            Ok(CheckRow {
+                op: case.op,
+                output: name.clone(),
+                rel_err: Some(rel_err(g, w)?),
+            })
+        })
+        .collect()
+}
+
+/// max |got - want| / max |want|, in f64 on the CPU; infinite when the shapes differ.
+fn rel_err(got: &Tensor, want: &Tensor) -> Result<f32> {
+    if got.dims() != want.dims() {
+        return Ok(f32::INFINITY);
+    }
+    let got = got
+        .to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F64)?;
+    let want = want.to_dtype(candle_core::DType::F64)?;
+    let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+    let e = diff / scale.max(1e-12);
+    // NaN compares false with everything: report it as infinite so that it fails.
+    Ok(if e.is_nan() { f32::INFINITY } else { e as f32 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_against_itself_is_exact_and_covers_every_case() {
+        let rows = compare_devices(&Device::Cpu).unwrap();
+        for case in CASES {
+            assert!(rows.iter().any(|r| r.op == case.op), "{} not run", case.op);
+        }
+        // conv: y + 2 grads; batch norm: y, mean, var + 3 grads; max-pool: y + 1 grad.
+        assert_eq!(rows.len(), 3 * 3 + 2 * 6 + 2, "{rows:#?}");
+        for r in &rows {
+            assert!(r.rel_err.is_some_and(|e| e <= 1e-6), "{r:?}");
+        }
+    }
+
+    /// An op that is off by a little more than the tolerance in one gradient is flagged, in that
+    /// row only.
+    #[test]
+    fn a_wrong_gradient_is_flagged() {
+        let wrong: RunFn = |v| {
+            let mut out = conv(v, 1, 1)?;
+            let (_, dw) = &mut out[2];
+            let scale = dw.abs()?.max_all()?.to_scalar::<f32>()?;
+            let bump = Tensor::full(3.0 * TOLERANCE * scale, dw.dims(), dw.device())?
+                .narrow(0, 0, 1)?
+                .pad_with_zeros(0, 0, dw.dim(0)? - 1)?;
+            *dw = (&*dw + bump)?;
+            Ok(out)
+        };
+        let rows = compare_case(&CASES[0], wrong, &Device::Cpu).unwrap();
+        let bad: Vec<_> = rows.iter().filter(|r| !r.ok()).collect();
+        assert_eq!(bad.len(), 1, "{rows:#?}");
+        assert_eq!(bad[0].output, "grad w");
+        let e = bad[0].rel_err.unwrap();
+        assert!((e - 3.0 * TOLERANCE).abs() < 1e-5, "{e}");
+    }
+
+    #[test]
+    fn an_op_missing_on_the_device_is_reported_not_failed() {
+        let rows = compare_case(&CASES[5], |_| Ok(vec![]), &Device::Cpu).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].rel_err, None);
+        assert!(rows[0].ok());
+    }
+
+    #[test]
+    fn nan_and_shape_mismatches_fail() {
+        let a = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let nan = Tensor::new(&[f32::NAN, 2.0], &Device::Cpu).unwrap();
+        let longer = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        assert_eq!(rel_err(&nan, &a).unwrap(), f32::INFINITY);
+        assert_eq!(rel_err(&longer, &a).unwrap(), f32::INFINITY);
+    }
+}
