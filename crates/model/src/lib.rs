@@ -49,6 +49,7 @@ mod error;
 mod fit;
 pub mod import;
 mod model;
+pub mod parity;
 mod resnet;
 mod vars;
 
