@@ -2,22 +2,16 @@
 //! peak RSS, for three model sizes; optionally next to the PyTorch reference of the same model.
 //!
 //! Each config runs in a child process (this executable with the hidden `--child` flag), so its
-//! peak RSS (`VmHWM`) is its own. The child prints one JSON line, the parent the table.
+//! peak RSS (`VmHWM`) is its own. The child prints one JSON line, the parent the table. The
+//! measurement itself is `trainer::bench`, shared with `trainer gpu-check`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use fer_losses::{stage_loss, ClassInputs, LossConfig, Stage, VaInputs};
-use fer_model::{trainable_vars, ModelConfig, TwoAttTwoMt};
-use serde::{Deserialize, Serialize};
-use trainer::optim::{Optimizer, OptimizerConfig, OptimizerKind};
-
-/// Untimed steps before the timed ones (ours and PyTorch alike).
-const WARMUP: usize = 2;
+use candle_core::Device;
+use serde::Serialize;
+use trainer::bench::{measure, Case, Speed, CASES, WARMUP};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Which {
@@ -70,43 +64,6 @@ pub struct BenchTrainArgs {
     child: bool,
 }
 
-/// One benchmark config.
-struct Case {
-    name: &'static str,
-    depth: usize,
-    size: usize,
-    batch: usize,
-}
-
-const CASES: [Case; 3] = [
-    Case {
-        name: "a",
-        depth: 18,
-        size: 112,
-        batch: 32,
-    },
-    Case {
-        name: "b",
-        depth: 18,
-        size: 224,
-        batch: 16,
-    },
-    Case {
-        name: "c",
-        depth: 50,
-        size: 224,
-        batch: 8,
-    },
-];
-
-/// What one process measured (ours or PyTorch's).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Speed {
-    train_img_s: f64,
-    infer_img_s: f64,
-    peak_rss_mib: f64,
-}
-
 /// PyTorch's numbers and the ratios ours / PyTorch.
 #[derive(Debug, Serialize)]
 struct Versus {
@@ -156,7 +113,7 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
             .num_threads(threads)
             .build_global()
             .context("setting up the rayon thread pool")?;
-        let speed = measure(case, args.steps as usize)?;
+        let speed = measure(case, args.steps as usize, &Device::Cpu)?;
         println!("{}", serde_json::to_string(&speed)?);
         return Ok(());
     }
@@ -333,119 +290,9 @@ fn child_json(mut cmd: Command) -> anyhow::Result<String> {
     }
 }
 
-/// Measures one config in this process: stage-2 training steps, then eval-mode forwards.
-fn measure(case: &Case, steps: usize) -> anyhow::Result<Speed> {
-    let dev = Device::Cpu;
-    let mut cfg = ModelConfig::default();
-    cfg.backbone.depth = case.depth;
-    let varmap = VarMap::new();
-    let model = TwoAttTwoMt::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    let opt_cfg = OptimizerConfig {
-        kind: OptimizerKind::Adamw,
-        lr: 1e-4,
-        ..OptimizerConfig::default()
-    };
-    let mut opt = Optimizer::new(&opt_cfg, trainable_vars(&varmap))?;
-    let loss_cfg = LossConfig::default();
-
-    let (b, s, k) = (case.batch, case.size, cfg.num_classes);
-    let images = Tensor::randn(0f32, 1.0, (b, 3, s, s), &dev)?;
-    let classes = Tensor::rand(0f32, k as f32, b, &dev)?.floor()?;
-    let classes = classes.clamp(0f32, (k - 1) as f32)?.to_dtype(DType::I64)?;
-    let valence = Tensor::rand(-1f32, 1.0, b, &dev)?;
-    let arousal = Tensor::rand(-1f32, 1.0, b, &dev)?;
-    let mask = Tensor::ones(b, DType::F32, &dev)?;
-
-    let train = time_steps(steps, || {
-        let out = model.forward(&images, true)?;
-        let logits = out
-            .logits
-            .as_ref()
-            .context("the model has no class logits")?;
-        let class = ClassInputs {
-            logits,
-            aux_logits: out.aux_logits.as_ref(),
-            targets: &classes,
-        };
-        let va = VaInputs {
-            valence_pred: &out.valence,
-            arousal_pred: &out.arousal,
-            valence: &valence,
-            arousal: &arousal,
-            mask: &mask,
-        };
-        let parts = stage_loss(Stage::Dimensional, &loss_cfg, Some(class), Some(va))?;
-        let grads = parts.total.backward()?;
-        opt.step(&grads, opt_cfg.lr)?;
-        Ok(())
-    })?;
-    let infer = time_steps(steps, || {
-        model.forward(&images, false)?;
-        Ok(())
-    })?;
-    Ok(Speed {
-        train_img_s: b as f64 / train,
-        infer_img_s: b as f64 / infer,
-        peak_rss_mib: peak_rss_kib()? as f64 / 1024.0,
-    })
-}
-
-/// Median seconds of `steps` calls of `f` after [`WARMUP`] untimed ones.
-fn time_steps(steps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    for _ in 0..WARMUP {
-        f()?;
-    }
-    let mut secs = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let t = Instant::now();
-        f()?;
-        secs.push(t.elapsed().as_secs_f64());
-    }
-    median(&mut secs).context("no timed steps")
-}
-
-fn median(xs: &mut [f64]) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    Some(if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    })
-}
-
-/// This process's peak resident set size (`VmHWM`), in KiB.
-fn peak_rss_kib() -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    parse_vm_hwm(&status).context("no VmHWM line in /proc/self/status")
-}
-
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(&mut []), None);
-    }
-
-    #[test]
-    fn vm_hwm_is_read_in_kib() {
-        let status = "Name:\txtask\nVmPeak:\t  999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(204800));
-        assert_eq!(parse_vm_hwm("Name:\txtask\n"), None);
-    }
 
     #[test]
     fn json_row_has_the_documented_keys() {

@@ -36,6 +36,9 @@ pub enum Command {
     Eval(EvalCmd),
     /// Predict expression, class probabilities, valence and arousal for image files or folders.
     Predict(PredictCmd),
+    /// On a GPU: the fer-kernels ops and the model's PyTorch parity against the CPU/PyTorch, then
+    /// the training benchmark (a CUDA build: `cargo xtask build-cuda`).
+    GpuCheck(crate::gpu_check::GpuCheckCmd),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,6 +150,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Train(t)) => run_train(t),
         Some(Command::Eval(e)) => run_eval(e),
         Some(Command::Predict(p)) => run_predict(p),
+        Some(Command::GpuCheck(g)) => crate::gpu_check::run(g),
     }
 }
 

@@ -19,12 +19,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bench;
 pub mod cli;
 pub mod clip;
 pub mod config;
 pub mod default_run;
 pub mod error;
 pub mod evaluate;
+pub mod gpu_check;
 pub mod init;
 pub mod optim;
 pub mod plan;

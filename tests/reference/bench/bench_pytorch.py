@@ -8,6 +8,9 @@ Builds model.py's TwoAttTwoMt in float32 with the default config (backbone depth
 then times, on random inputs, a stage-2 training step (train-mode forward, L_va + lambda * CE,
 backward, AdamW step) and an eval-mode forward under no_grad: 2 warm-up steps, then the median of
 --steps timed ones. Prints one JSON object: train_img_s, infer_img_s, peak_rss_mib (ru_maxrss).
+
+With --device cuda everything lives on the GPU and each timed step ends with a synchronize, so the
+time is the step's, not the launch's; the JSON then also has peak_gpu_mib.
 """
 
 import argparse
@@ -45,13 +48,15 @@ def stage2_loss(out, classes, valence, arousal):
     return l_va + LAMBDA * F.cross_entropy(out["logits"], classes)
 
 
-def median_seconds(steps, fn):
+def median_seconds(steps, fn, sync):
     for _ in range(WARMUP):
         fn()
+    sync()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -63,13 +68,18 @@ def main():
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = default_config()
     cfg["backbone"]["depth"] = args.depth
-    model = TwoAttTwoMt(cfg).float()
+    model = TwoAttTwoMt(cfg).float().to(dev)
     # Like trainer::optim: weights of rank >= 2 decayed, biases and BatchNorm parameters not.
     params = list(model.parameters())
     opt = torch.optim.AdamW(
@@ -78,10 +88,10 @@ def main():
         lr=LR, eps=EPS)
 
     b, s, k = args.batch, args.size, cfg["num_classes"]
-    images = torch.randn(b, 3, s, s)
-    classes = torch.randint(0, k, (b,))
-    valence = torch.rand(b) * 2 - 1
-    arousal = torch.rand(b) * 2 - 1
+    images = torch.randn(b, 3, s, s, device=dev)
+    classes = torch.randint(0, k, (b,), device=dev)
+    valence = torch.rand(b, device=dev) * 2 - 1
+    arousal = torch.rand(b, device=dev) * 2 - 1
 
     def train_step():
         opt.zero_grad(set_to_none=True)
@@ -94,15 +104,18 @@ def main():
             model(images)
 
     model.train()
-    train = median_seconds(args.steps, train_step)
+    train = median_seconds(args.steps, train_step, sync)
     model.eval()
-    infer = median_seconds(args.steps, infer_step)
+    infer = median_seconds(args.steps, infer_step, sync)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({
+    result = {
         "depth": args.depth, "size": args.size, "batch": b, "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "device": args.device,
         "train_img_s": b / train, "infer_img_s": b / infer, "peak_rss_mib": rss_kib / 1024,
-    }))
+    }
+    if args.device == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

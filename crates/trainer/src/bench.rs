@@ -1,0 +1,178 @@
+//! The training benchmark's measurement: images/second of a stage-2 training step (train-mode
+//! forward, `L_va + lambda * CE`, backward, AdamW step) and of an eval-mode forward, on random
+//! inputs, for three model sizes. `cargo xtask bench-train` runs it on the CPU (one child process
+//! per config, for its peak RSS) and `trainer gpu-check` on a GPU;
+//! `tests/reference/bench/bench_pytorch.py` times PyTorch the same way.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use fer_losses::{stage_loss, ClassInputs, LossConfig, Stage, VaInputs};
+use fer_model::{trainable_vars, ModelConfig, TwoAttTwoMt};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::{Error, Result};
+
+/// Untimed steps before the timed ones (ours and PyTorch alike).
+pub const WARMUP: usize = 2;
+
+/// One benchmark config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub name: &'static str,
+    pub depth: usize,
+    pub size: usize,
+    pub batch: usize,
+}
+
+/// a: ResNet-18 at 112 px, batch 32; b: ResNet-18 at 224 px, batch 16; c: ResNet-50 at 224 px,
+/// batch 8.
+pub const CASES: [Case; 3] = [
+    Case {
+        name: "a",
+        depth: 18,
+        size: 112,
+        batch: 32,
+    },
+    Case {
+        name: "b",
+        depth: 18,
+        size: 224,
+        batch: 16,
+    },
+    Case {
+        name: "c",
+        depth: 50,
+        size: 224,
+        batch: 8,
+    },
+];
+
+/// What one process measured (ours or PyTorch's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Speed {
+    pub train_img_s: f64,
+    pub infer_img_s: f64,
+    /// Host memory: on a GPU the device memory is not in it.
+    pub peak_rss_mib: f64,
+}
+
+/// Measures `case` on `dev` in this process: [`WARMUP`] + `steps` training steps, then as many
+/// eval-mode forwards; the median step time of each.
+pub fn measure(case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
+    let mut cfg = ModelConfig::default();
+    cfg.backbone.depth = case.depth;
+    let varmap = VarMap::new();
+    let model = TwoAttTwoMt::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    let opt_cfg = OptimizerConfig {
+        kind: OptimizerKind::Adamw,
+        lr: 1e-4,
+        ..OptimizerConfig::default()
+    };
+    let mut opt = Optimizer::new(&opt_cfg, trainable_vars(&varmap))?;
+    let loss_cfg = LossConfig::default();
+
+    let (b, s, k) = (case.batch, case.size, cfg.num_classes);
+    let images = Tensor::randn(0f32, 1.0, (b, 3, s, s), dev)?;
+    let classes = Tensor::rand(0f32, k as f32, b, dev)?.floor()?;
+    let classes = classes.clamp(0f32, (k - 1) as f32)?.to_dtype(DType::I64)?;
+    let valence = Tensor::rand(-1f32, 1.0, b, dev)?;
+    let arousal = Tensor::rand(-1f32, 1.0, b, dev)?;
+    let mask = Tensor::ones(b, DType::F32, dev)?;
+
+    let train = time_steps(steps, dev, || {
+        let out = model.forward(&images, true)?;
+        let logits = out
+            .logits
+            .as_ref()
+            .ok_or_else(|| Error::Config("the benchmark model has no class logits".into()))?;
+        let class = ClassInputs {
+            logits,
+            aux_logits: out.aux_logits.as_ref(),
+            targets: &classes,
+        };
+        let va = VaInputs {
+            valence_pred: &out.valence,
+            arousal_pred: &out.arousal,
+            valence: &valence,
+            arousal: &arousal,
+            mask: &mask,
+        };
+        let parts = stage_loss(Stage::Dimensional, &loss_cfg, Some(class), Some(va))?;
+        let grads = parts.total.backward()?;
+        opt.step(&grads, opt_cfg.lr)?;
+        Ok(())
+    })?;
+    let infer = time_steps(steps, dev, || {
+        model.forward(&images, false)?;
+        Ok(())
+    })?;
+    Ok(Speed {
+        train_img_s: b as f64 / train,
+        infer_img_s: b as f64 / infer,
+        peak_rss_mib: peak_rss_kib()? as f64 / 1024.0,
+    })
+}
+
+/// Median seconds of `steps` calls of `f` after [`WARMUP`] untimed ones. Each call ends with a
+/// device synchronisation: GPU work is queued, and the clock would otherwise stop at the launch.
+fn time_steps(steps: usize, dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..WARMUP {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut secs = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    median(&mut secs).ok_or_else(|| Error::Config("the benchmark needs at least one step".into()))
+}
+
+pub fn median(xs: &mut [f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// This process's peak resident set size (`VmHWM`), in KiB.
+pub fn peak_rss_kib() -> Result<u64> {
+    let path = std::path::Path::new("/proc/self/status");
+    let status = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_vm_hwm(&status).ok_or_else(|| Error::Data(format!("{}: no VmHWM line", path.display())))
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_kib() {
+        let status = "Name:\txtask\nVmPeak:\t  999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(204800));
+        assert_eq!(parse_vm_hwm("Name:\txtask\n"), None);
+    }
+}
