@@ -61,6 +61,23 @@ impl Dense {
         Self::new(in_dim, out_dim, &[out_dim, in_dim, 1, 1], bias, vb)
     }
 
+    /// The weight as `[out, in]`.
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, `[out]`, or zeros for a layer without one.
+    pub(crate) fn bias_or_zeros(&self) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => Ok(b.clone()),
+            None => Tensor::zeros(
+                self.weight.dim(0)?,
+                self.weight.dtype(),
+                self.weight.device(),
+            ),
+        }
+    }
+
     /// `x: [..., in] -> [..., out]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // One 2-D matmul over all leading positions: cheaper than a batched broadcast.

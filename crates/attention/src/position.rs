@@ -1,4 +1,4 @@
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -99,17 +99,18 @@ impl PositionAttention {
     pub fn forward(&self, f: &Tensor) -> Result<PositionOutput> {
         let (b, h, w) = check_map("PositionAttention", f, self.in_channels)?;
         let p = self.proj.forward(&positions(f)?)?; // [B, N, d]
-        let e = self
-            .score_v
-            .forward(&self.score_w.forward(&p)?.tanh()?)?
-            .squeeze(D::Minus1)?; // [B, N]
-        let alpha = candle_nn::ops::softmax(&e, 1)?;
-        let u = alpha.unsqueeze(1)?.matmul(&p)?.squeeze(1)?; // [B, d]
-        let g = p.mean(1)?; // [B, d]
-        let v = self.fuse.forward(&Tensor::cat(&[&u, &g], 1)?)?;
+                                                    // Scores, softmax, weighted sum and mean in one op (fer-kernels; candle's ops where the
+                                                    // kernel does not run): score_w's `[a, d]` weight and bias, score_v's `[1, a]` as `[a]`.
+        let pool = fer_kernels::position_attention(
+            &p,
+            self.score_w.weight(),
+            &self.score_w.bias_or_zeros()?,
+            &self.score_v.weight().squeeze(0)?,
+        )?;
+        let v = self.fuse.forward(&pool.ug)?; // Linear([u ; g])
         Ok(PositionOutput {
             v,
-            alpha: alpha.reshape((b, h, w))?,
+            alpha: pool.alpha.reshape((b, h, w))?,
         })
     }
 }

@@ -27,6 +27,21 @@ pub enum KernelError {
     },
     #[error("fer-kernels max-pool: empty map {h}x{w}")]
     EmptyMap { h: usize, w: usize },
+    #[error("fer-kernels position_attention: p {p:?} must be [B, N, d] with N, d >= 1, w {w:?} [a, d] with a >= 1, b {b:?} and v {v:?} [a]")]
+    AttentionShapes {
+        p: Vec<usize>,
+        w: Vec<usize>,
+        b: Vec<usize>,
+        v: Vec<usize>,
+    },
+    #[error("fer-kernels {op}: gate pre-activations {gx:?} and {gh:?} must be [B, {gates}h] for a state {state:?} [B, h]")]
+    CellShapes {
+        op: &'static str,
+        gates: usize,
+        gx: Vec<usize>,
+        gh: Vec<usize>,
+        state: Vec<usize>,
+    },
     #[error("fer-kernels: expected a contiguous f32 CPU tensor, got {0}")]
     Storage(String),
 }

@@ -11,6 +11,9 @@
 //! [`max_pool_3x3_s2`] is the ImageNet stem's max-pool with an argmax backward (candle's own
 //! max-pool has no backward when kernel and stride differ).
 //!
+//! [`position_attention`] fuses the first-level attention pooling (scores, softmax over
+//! positions, weighted sum and mean) into one op with a hand-written backward.
+//!
 //! The switch: the environment variable `FER_KERNELS=candle` (read once) or [`set_enabled`].
 //!
 //! ```
@@ -32,6 +35,11 @@ mod im2col;
 mod matmul;
 mod op;
 mod pool;
+
+// The fused ops of the attention and recurrent blocks (inputs that are not 4-D maps).
+mod attention;
+mod fused;
+pub use attention::{position_attention, AttentionPool};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

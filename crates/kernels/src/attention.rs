@@ -1,0 +1,320 @@
+//! First-level (position) attention pooling as one op: scores, softmax over positions, the
+//! weighted sum and the mean.
+//!
+//! Written with candle's generic ops this is a dozen graph nodes (matmul, bias, tanh, matmul,
+//! softmax's five, a batched matmul, a mean), each a pass over `[B, N, a]` or `[B, N, d]`, and
+//! autograd doubles them. Here the forward is one GEMM for all scores plus one pass per image;
+//! the backward is one pass per image plus two GEMMs, reusing the forward's tanh activations.
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use crate::error::KernelError;
+use crate::fused::{gemm_threads, runs_here, slice};
+use crate::matmul::{gemm, Mat};
+
+/// What [`position_attention`] returns.
+#[derive(Debug, Clone)]
+pub struct AttentionPool {
+    /// Attention-weighted sum of the positions, `u = sum_n alpha_n p_n`, `[B, d]`.
+    pub u: Tensor,
+    /// Mean of the positions, `g = mean_n p_n`, `[B, d]`.
+    pub g: Tensor,
+    /// `[u ; g]` side by side, `[B, 2d]` (what the fuse layer takes; no extra copy).
+    pub ug: Tensor,
+    /// Attention weights over positions, `[B, N]`; each row sums to 1.
+    pub alpha: Tensor,
+}
+
+/// Sizes: `b` images, `n` positions, `d` features per position, `a` attention width.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub b: usize,
+    pub n: usize,
+    pub d: usize,
+    pub a: usize,
+}
+
+impl Dims {
+    fn check(p: &Tensor, w: &Tensor, bias: &Tensor, v: &Tensor) -> Result<Self> {
+        let err = || KernelError::AttentionShapes {
+            p: p.dims().to_vec(),
+            w: w.dims().to_vec(),
+            b: bias.dims().to_vec(),
+            v: v.dims().to_vec(),
+        };
+        let (&[b, n, d], &[a, dw]) = (p.dims(), w.dims()) else {
+            return Err(err().into());
+        };
+        if n == 0 || d == 0 || a == 0 || dw != d || bias.dims() != [a] || v.dims() != [a] {
+            return Err(err().into());
+        }
+        Ok(Self { b, n, d, a })
+    }
+
+    /// Floats per image in the packed output: `u`, `g`, then (in a second block) `alpha`.
+    fn packed_len(&self) -> usize {
+        self.b * (2 * self.d + self.n)
+    }
+}
+
+/// First-level attention pooling of `p [B, N, d]` (one d-vector per position):
+/// `e_n = v^T tanh(W p_n + b)` with `w [a, d]`, `b [a]`, `v [a]`, `alpha = softmax_n(e)`,
+/// `u = sum_n alpha_n p_n`, `g = mean_n p_n`. Differentiable in all four inputs.
+///
+/// On the CPU in f32 (kernels on) one fused op; elsewhere the same maths with candle's ops.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// let dev = Device::Cpu;
+/// let p = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?)?;
+/// let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (3, 4), &dev)?)?;
+/// let (b, v) = (Tensor::zeros(3, candle_core::DType::F32, &dev)?, Tensor::ones(3, candle_core::DType::F32, &dev)?);
+/// let pool = fer_kernels::position_attention(&p, &w, &b, &v)?;
+/// assert_eq!(pool.ug.dims(), &[2, 8]);
+/// let rows = pool.alpha.sum(1)?.to_vec1::<f32>()?;
+/// assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-6));
+/// let grads = pool.u.sum_all()?.backward()?;
+/// assert_eq!(grads.get(&w).unwrap().dims(), &[3, 4]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn position_attention(p: &Tensor, w: &Tensor, b: &Tensor, v: &Tensor) -> Result<AttentionPool> {
+    let dims = Dims::check(p, w, b, v)?;
+    if !runs_here(&[p, w, b, v]) {
+        return position_attention_plain(p, w, b, v);
+    }
+    // Bias and score vector travel as one `[2, a]` input (a CustomOp takes three).
+    let bv = Tensor::stack(&[b, v], 0)?;
+    let op = PositionAttentionOp {
+        dims,
+        tanh: OnceLock::new(),
+    };
+    let out = p.contiguous()?.apply_op3(&w.contiguous()?, &bv, op)?;
+    let Dims { b, n, d, .. } = dims;
+    let ug = out.narrow(0, 0, b * 2 * d)?.reshape((b, 2 * d))?;
+    Ok(AttentionPool {
+        u: ug.narrow(1, 0, d)?,
+        g: ug.narrow(1, d, d)?,
+        alpha: out.narrow(0, b * 2 * d, b * n)?.reshape((b, n))?,
+        ug,
+    })
+}
+
+/// The same with candle's generic ops (other devices and dtypes, or kernels switched off).
+fn position_attention_plain(
+    p: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    v: &Tensor,
+) -> Result<AttentionPool> {
+    let (bs, n, d) = p.dims3()?;
+    let e = p
+        .reshape((bs * n, d))?
+        .matmul(&w.t()?)?
+        .broadcast_add(b)?
+        .tanh()?
+        .matmul(&v.unsqueeze(1)?)?
+        .reshape((bs, n))?;
+    let alpha = candle_nn::ops::softmax(&e, D::Minus1)?;
+    let u = alpha.unsqueeze(1)?.matmul(p)?.squeeze(1)?;
+    let g = p.mean(1)?;
+    let ug = Tensor::cat(&[&u, &g], 1)?;
+    Ok(AttentionPool { u, g, ug, alpha })
+}
+
+/// The fused op over `(p [B, N, d], w [a, d], bv [2, a])`; its output is flat:
+/// `[u_0 g_0 u_1 g_1 ... | alpha_0 alpha_1 ...]`.
+struct PositionAttentionOp {
+    dims: Dims,
+    /// `tanh(W p_n + b)` of every position, `[B*N, a]`, kept from the forward for the backward
+    /// (it saves a third GEMM; the graph already keeps `p`, which is twice as large at a = d/2).
+    tanh: OnceLock<Vec<f32>>,
+}
+
+impl CustomOp3 for PositionAttentionOp {
+    fn name(&self) -> &'static str {
+        "fer-position-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, w, bv) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (out, tanh) = forward(self.dims, p, w, bv);
+        let _ = self.tanh.set(tanh);
+        Ok((CpuStorage::F32(out), Shape::from(self.dims.packed_len())))
+    }
+
+    fn bwd(
+        &self,
+        p: &Tensor,
+        w: &Tensor,
+        bv: &Tensor,
+        res: &Tensor,
+        dres: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use crate::op::with_data;
+        let dims = self.dims;
+        let (dp, dw, dbv) = with_data(p, |p| {
+            with_data(w, |w| {
+                with_data(bv, |bv| {
+                    with_data(res, |out| {
+                        with_data(dres, |dout| {
+                            let recomputed;
+                            let tanh = match self.tanh.get() {
+                                Some(t) => t,
+                                None => {
+                                    recomputed = forward(dims, p, w, bv).1;
+                                    &recomputed
+                                }
+                            };
+                            Ok(backward(dims, p, w, bv, tanh, out, dout))
+                        })
+                    })
+                })
+            })
+        })?;
+        let dev = &Device::Cpu;
+        Ok((
+            Some(Tensor::from_vec(dp, p.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(dbv, bv.shape(), dev)?),
+        ))
+    }
+}
+
+/// Numerically stable softmax of `e`, in place.
+fn softmax(e: &mut [f32]) {
+    let max = e.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f32;
+    for x in e.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in e.iter_mut() {
+        *x /= sum;
+    }
+}
+
+/// Returns the packed output and the tanh activations `[B*N, a]`.
+fn forward(dm: Dims, p: &[f32], w: &[f32], bv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let Dims { b, n, d, a } = dm;
+    let (bias, v) = bv.split_at(a);
+    // All scores' pre-activations at once: one large GEMM beats B small ones.
+    let mut t = vec![0f32; b * n * a];
+    let pm = Mat::row_major(p, b * n, d);
+    gemm(
+        &mut t,
+        false,
+        pm,
+        Mat::row_major(w, a, d).t(),
+        gemm_threads(),
+    );
+    let mut out = vec![0f32; dm.packed_len()];
+    let (ug, alpha) = out.split_at_mut(b * 2 * d);
+    ug.par_chunks_mut(2 * d)
+        .zip(alpha.par_chunks_mut(n))
+        .zip(t.par_chunks_mut(n * a))
+        .enumerate()
+        .for_each(|(i, ((ug, al), tb))| {
+            for (row, e) in tb.chunks_exact_mut(a).zip(al.iter_mut()) {
+                let mut s = 0f32;
+                for ((x, &bb), &vv) in row.iter_mut().zip(bias).zip(v) {
+                    *x = (*x + bb).tanh();
+                    s += *x * vv;
+                }
+                *e = s;
+            }
+            softmax(al);
+            let (u, g) = ug.split_at_mut(d);
+            for (pr, &wt) in p[i * n * d..(i + 1) * n * d].chunks_exact(d).zip(al.iter()) {
+                for ((uu, gg), &x) in u.iter_mut().zip(g.iter_mut()).zip(pr) {
+                    *uu += wt * x;
+                    *gg += x;
+                }
+            }
+            let inv = 1.0 / n as f32;
+            g.iter_mut().for_each(|x| *x *= inv);
+        });
+    (out, t)
+}
+
+/// Gradients `(dp, dw, dbv)` from the packed output gradient `dout`.
+///
+/// Per position: `dalpha_n += p_n . du`, `de_n = alpha_n (dalpha_n - sum_m alpha_m dalpha_m)`,
+/// `ds_n = de_n v * (1 - t_n^2)`, `dp_n = alpha_n du + dg / N + W^T ds_n`; then
+/// `dW = sum_n ds_n p_n^T`, `db = sum_n ds_n`, `dv = sum_n de_n t_n`.
+fn backward(
+    dm: Dims,
+    p: &[f32],
+    w: &[f32],
+    bv: &[f32],
+    tanh: &[f32],
+    out: &[f32],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let Dims { b, n, d, a } = dm;
+    let v = &bv[a..];
+    let (alpha, dug) = (&out[b * 2 * d..], &dout[..b * 2 * d]);
+    let dalpha_in = &dout[b * 2 * d..];
+    let mut dp = vec![0f32; b * n * d];
+    let mut ds = vec![0f32; b * n * a];
+    // Per image: `[db ; dv]`, summed over images afterwards.
+    let mut partial = vec![0f32; b * 2 * a];
+    dp.par_chunks_mut(n * d)
+        .zip(ds.par_chunks_mut(n * a))
+        .zip(partial.par_chunks_mut(2 * a))
+        .enumerate()
+        .for_each(|(i, ((dpb, dsb), part))| {
+            let pb = &p[i * n * d..(i + 1) * n * d];
+            let tb = &tanh[i * n * a..(i + 1) * n * a];
+            let al = &alpha[i * n..(i + 1) * n];
+            let (du, dg) = dug[i * 2 * d..(i + 1) * 2 * d].split_at(d);
+            let mut dal: Vec<f32> = dalpha_in[i * n..(i + 1) * n].to_vec();
+            for (x, pr) in dal.iter_mut().zip(pb.chunks_exact(d)) {
+                *x += pr.iter().zip(du).map(|(a, b)| a * b).sum::<f32>();
+            }
+            let c: f32 = al.iter().zip(&dal).map(|(a, b)| a * b).sum();
+            let (db, dv) = part.split_at_mut(a);
+            let inv = 1.0 / n as f32;
+            let rows = dpb.chunks_exact_mut(d).zip(dsb.chunks_exact_mut(a));
+            for (k, (dpr, dsr)) in rows.enumerate() {
+                let de = al[k] * (dal[k] - c);
+                let tr = &tb[k * a..(k + 1) * a];
+                for j in 0..a {
+                    let t = tr[j];
+                    dv[j] += de * t;
+                    let s = de * v[j] * (1.0 - t * t);
+                    dsr[j] = s;
+                    db[j] += s;
+                }
+                for ((x, &u), &g) in dpr.iter_mut().zip(du).zip(dg) {
+                    *x = al[k] * u + g * inv;
+                }
+            }
+        });
+    let threads = gemm_threads();
+    let dsm = Mat::row_major(&ds, b * n, a);
+    gemm(&mut dp, true, dsm, Mat::row_major(w, a, d), threads);
+    let mut dw = vec![0f32; a * d];
+    gemm(
+        &mut dw,
+        false,
+        dsm.t(),
+        Mat::row_major(p, b * n, d),
+        threads,
+    );
+    let mut dbv = vec![0f32; 2 * a];
+    for part in partial.chunks_exact(2 * a) {
+        dbv.iter_mut().zip(part).for_each(|(s, x)| *s += x);
+    }
+    (dp, dw, dbv)
+}

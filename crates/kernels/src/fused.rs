@@ -1,0 +1,27 @@
+//! Helpers shared by the fused ops (first-level attention, recurrent cells), whose inputs are
+//! not 4-D maps and so do not go through `runs_here`.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+
+use crate::error::KernelError;
+
+/// Whether the fused kernels take these tensors: switched on, all on the CPU, all f32.
+pub(crate) fn runs_here(ts: &[&Tensor]) -> bool {
+    crate::enabled()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The f32 data of a contiguous CPU storage.
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => Err(KernelError::Storage("a non-contiguous layout".into()).into()),
+    }
+}
+
+/// Threads for a GEMM called outside any parallel loop of ours.
+pub(crate) fn gemm_threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
