@@ -1,5 +1,5 @@
 use candle_core::{Result, Tensor};
-use candle_nn::{ops::sigmoid, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use crate::RnnKind;
 
@@ -79,29 +79,15 @@ impl Direction {
         Tensor::stack(&outs, 1)
     }
 
-    fn gate(&self, g: &Tensor, k: usize) -> Result<Tensor> {
-        g.narrow(1, k * self.hidden, self.hidden)
-    }
-
-    /// Gate order (i, f, g, o): `c' = f*c + i*g`, `h' = o*tanh(c')`.
+    /// Gate order (i, f, g, o): `c' = f*c + i*g`, `h' = o*tanh(c')`, fused in one op by
+    /// fer-kernels (candle's ops where its kernel does not run).
     fn lstm_step(&self, gx: &Tensor, gh: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
-        let pre = (gx + gh)?;
-        let i = sigmoid(&self.gate(&pre, 0)?)?;
-        let f = sigmoid(&self.gate(&pre, 1)?)?;
-        let g = self.gate(&pre, 2)?.tanh()?;
-        let o = sigmoid(&self.gate(&pre, 3)?)?;
-        let c = ((f * c)? + (i * g)?)?;
-        let h = (o * c.tanh()?)?;
-        Ok((h, c))
+        fer_kernels::lstm_cell(gx, gh, c)
     }
 
     /// Gate order (r, z, n): `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`,
-    /// `h' = (1 - z)*n + z*h`.
+    /// `h' = (1 - z)*n + z*h`, fused in one op by fer-kernels.
     fn gru_step(&self, gx: &Tensor, gh: &Tensor, h: &Tensor) -> Result<Tensor> {
-        let r = sigmoid(&(self.gate(gx, 0)? + self.gate(gh, 0)?)?)?;
-        let z = sigmoid(&(self.gate(gx, 1)? + self.gate(gh, 1)?)?)?;
-        let n = (self.gate(gx, 2)? + (r * self.gate(gh, 2)?)?)?.tanh()?;
-        // (1 - z)*n + z*h, written as n + z*(h - n) to save an op.
-        n.clone() + (z * (h - n)?)?
+        fer_kernels::gru_cell(gx, gh, h)
     }
 }

@@ -12,7 +12,8 @@
 //! max-pool has no backward when kernel and stride differ).
 //!
 //! [`position_attention`] fuses the first-level attention pooling (scores, softmax over
-//! positions, weighted sum and mean) into one op with a hand-written backward.
+//! positions, weighted sum and mean) into one op with a hand-written backward; [`lstm_cell`]
+//! and [`gru_cell`] do the same for one step of a PyTorch LSTM / GRU.
 //!
 //! The switch: the environment variable `FER_KERNELS=candle` (read once) or [`set_enabled`].
 //!
@@ -39,7 +40,9 @@ mod pool;
 // The fused ops of the attention and recurrent blocks (inputs that are not 4-D maps).
 mod attention;
 mod fused;
+mod rnn_cell;
 pub use attention::{position_attention, AttentionPool};
+pub use rnn_cell::{gru_cell, lstm_cell};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
