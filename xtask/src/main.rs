@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench_train;
+mod cuda;
 mod prepare;
 mod synth;
 
@@ -26,6 +27,10 @@ enum Command {
     BenchPrepare(prepare::BenchPrepareArgs),
     /// Benchmark a stage-2 training step and inference (images/second, peak RSS per config).
     BenchTrain(bench_train::BenchTrainArgs),
+    /// Assemble a CUDA 13.0 toolchain from NVIDIA's PyPI wheels (default folder .cuda).
+    CudaToolchain(cuda::ToolchainArgs),
+    /// Build the stripped release `trainer` with the cuda feature (target/cuda-bin/trainer).
+    BuildCuda(cuda::BuildCudaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::PrepareData(a) => prepare::run(a),
         Command::BenchPrepare(a) => prepare::bench(a),
         Command::BenchTrain(a) => bench_train::run(a),
+        Command::CudaToolchain(a) => cuda::toolchain(a),
+        Command::BuildCuda(a) => cuda::build(a),
     }
 }
