@@ -111,8 +111,10 @@ pub struct EvalCmd {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "val")]
     pub split: Split,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
+    /// Images per forward pass [default: the run's eval_batch_size, so that eval repeats the
+    /// run's own numbers exactly; 64 for a checkpoint without a stored config].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
 }
@@ -250,10 +252,21 @@ pub fn eval_checkpoint(
     ck_path: &Path,
     data: &Path,
     split: Split,
-    batch: usize,
+    batch: Option<usize>,
     device: &Device,
 ) -> Result<MetricsJson> {
     let ck = load_checkpoint(ck_path, device)?;
+    // Float sums depend on how samples are grouped into GEMMs, so the run's batch size is what
+    // reproduces its metrics to the last bit.
+    let batch = match batch {
+        Some(0) => return Err(Error::Config("--batch-size must be at least 1".into())),
+        Some(b) => b,
+        None => ck
+            .meta
+            .get(keys::CONFIG)
+            .and_then(|s| TrainConfig::from_toml_str(s, ck_path).ok())
+            .map_or(64, |c| c.data.eval_batch_size),
+    };
     let spec = predict::InputSpec::from_checkpoint(&ck)?;
     let manifest = train::load_manifest(data)?;
     let split_name = match split {
