@@ -72,6 +72,21 @@ pub const CASES: &[Case] = &[
         shapes: &[&[2, 4, 15, 14], &[2, 4, 8, 7]],
         run: max_pool,
     },
+    Case {
+        op: "position_attention",
+        shapes: &[&[2, 13, 6], &[5, 6], &[5], &[5], &[2, 12], &[2, 13]],
+        run: attention,
+    },
+    Case {
+        op: "lstm_cell",
+        shapes: &[&[3, 20], &[3, 20], &[3, 5], &[3, 5], &[3, 5]],
+        run: lstm,
+    },
+    Case {
+        op: "gru_cell",
+        shapes: &[&[3, 15], &[3, 15], &[3, 5], &[3, 5]],
+        run: gru,
+    },
 ];
 
 /// `conv2d(x, w)` and the gradients of `sum(y * r)`; inputs `[x, w, r]`.
@@ -110,6 +125,45 @@ fn max_pool(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
     };
     let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
     with_grads(vec![("y".into(), y)], &grads, &[("x", x)])
+}
+
+/// `position_attention(p, w, b, v)` and the gradients of `sum(ug * r_ug) + sum(alpha * r_a)`;
+/// inputs `[p, w, b, v, r_ug, r_a]`.
+fn attention(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [p, w, b, sv, r_ug, r_a] = v else {
+        unreachable!()
+    };
+    let pool = crate::position_attention(p, w, b, sv)?;
+    let loss = ((&pool.ug * r_ug.as_tensor())?.sum_all()?
+        + (&pool.alpha * r_a.as_tensor())?.sum_all()?)?;
+    let grads = loss.backward()?;
+    let outputs = vec![("ug".into(), pool.ug), ("alpha".into(), pool.alpha)];
+    with_grads(outputs, &grads, &[("p", p), ("w", w), ("b", b), ("v", sv)])
+}
+
+/// `lstm_cell(gx, gh, c)` and the gradients of `sum(h' * r_h) + sum(c' * r_c)`;
+/// inputs `[gx, gh, c, r_h, r_c]`.
+fn lstm(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [gx, gh, c, r_h, r_c] = v else {
+        unreachable!()
+    };
+    let (h2, c2) = crate::lstm_cell(gx, gh, c)?;
+    let loss = ((&h2 * r_h.as_tensor())?.sum_all()? + (&c2 * r_c.as_tensor())?.sum_all()?)?;
+    let grads = loss.backward()?;
+    let outputs = vec![("h".into(), h2), ("c".into(), c2)];
+    with_grads(outputs, &grads, &[("gx", gx), ("gh", gh), ("c", c)])
+}
+
+/// `gru_cell(gx, gh, h)` and the gradients of `sum(h' * r)`; inputs `[gx, gh, h, r]`.
+fn gru(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [gx, gh, h, r] = v else { unreachable!() };
+    let h2 = crate::gru_cell(gx, gh, h)?;
+    let grads = (&h2 * r.as_tensor())?.sum_all()?.backward()?;
+    with_grads(
+        vec![("h".into(), h2)],
+        &grads,
+        &[("gx", gx), ("gh", gh), ("h", h)],
+    )
 }
 
 fn with_grads(
@@ -202,8 +256,9 @@ mod tests {
         for case in CASES {
             assert!(rows.iter().any(|r| r.op == case.op), "{} not run", case.op);
         }
-        // conv: y + 2 grads; batch norm: y, mean, var + 3 grads; max-pool: y + 1 grad.
-        assert_eq!(rows.len(), 3 * 3 + 2 * 6 + 2, "{rows:#?}");
+        // conv: y + 2 grads; batch norm: y, mean, var + 3 grads; max-pool: y + 1 grad;
+        // attention: ug, alpha + 4 grads; LSTM: h, c + 3 grads; GRU: h + 3 grads.
+        assert_eq!(rows.len(), 3 * 3 + 2 * 6 + 2 + 6 + 5 + 4, "{rows:#?}");
         for r in &rows {
             assert!(r.rel_err.is_some_and(|e| e <= 1e-6), "{r:?}");
         }
