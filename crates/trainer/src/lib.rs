@@ -29,6 +29,7 @@ pub mod evaluate;
 pub mod gpu_check;
 pub mod init;
 pub mod optim;
+mod optim_cpu;
 pub mod plan;
 pub mod plots;
 pub mod predict;

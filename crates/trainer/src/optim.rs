@@ -11,7 +11,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{optim_cpu, Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -264,8 +264,9 @@ impl Optimizer {
                             var.dims()
                         )));
                     }
+                    // A copy of its own: the CPU updates write into the slots in place.
                     st.slots
-                        .push(s.to_dtype(var.dtype())?.to_device(var.device())?);
+                        .push(s.to_dtype(var.dtype())?.to_device(var.device())?.copy()?);
                 }
                 state.insert(name.to_string(), st);
             } else if !slots.iter().any(|s| rest.starts_with(&format!("{s}."))) {
@@ -289,12 +290,33 @@ fn sgd_update(
     momentum: f64,
 ) -> Result<ParamState> {
     let p = var.as_tensor();
+    let step = prev.as_ref().map_or(0, |st| st.step);
+    if optim_cpu::usable(&[p, grad]) {
+        let (d, momentum) = match prev {
+            Some(st) if momentum != 0.0 && optim_cpu::usable(&[&st.slots[0]]) => {
+                (st.slots[0].clone(), Some(momentum))
+            }
+            _ => (grad.zeros_like()?, None),
+        };
+        d.inplace_op3(
+            grad,
+            p,
+            &optim_cpu::SgdBuffer {
+                momentum,
+                weight_decay: wd,
+            },
+        )?;
+        p.inplace_op2(&d, &optim_cpu::Descend { lr })?;
+        return Ok(ParamState {
+            step: step + 1,
+            slots: vec![d],
+        });
+    }
     let g = if wd != 0.0 {
         (grad + p.affine(wd, 0.0)?)?
     } else {
         grad.clone()
     };
-    let step = prev.as_ref().map_or(0, |st| st.step);
     // PyTorch starts the buffer at the first gradient itself (= momentum * 0 + g).
     let d = match prev {
         Some(st) if momentum != 0.0 => (st.slots[0].affine(momentum, 0.0)? + g)?,
@@ -321,11 +343,39 @@ fn adamw_update(
         None => (grad.zeros_like()?, grad.zeros_like()?, 0),
     };
     let step = step + 1;
-    let p = var.as_tensor().affine(1.0 - lr * wd, 0.0)?;
-    let m = (m.affine(b1, 0.0)? + grad.affine(1.0 - b1, 0.0)?)?;
-    let v = (v.affine(b2, 0.0)? + grad.sqr()?.affine(1.0 - b2, 0.0)?)?;
     let bc1 = 1.0 - b1.powi(step as i32);
     let bc2 = 1.0 - b2.powi(step as i32);
+    let p = var.as_tensor();
+    if optim_cpu::usable(&[p, grad, &m, &v]) {
+        m.inplace_op2(
+            grad,
+            &optim_cpu::Moment {
+                beta: b1,
+                square: false,
+            },
+        )?;
+        v.inplace_op2(
+            grad,
+            &optim_cpu::Moment {
+                beta: b2,
+                square: true,
+            },
+        )?;
+        let apply = optim_cpu::AdamwApply {
+            decay: 1.0 - lr * wd,
+            step: lr / bc1,
+            inv_sqrt_bc2: 1.0 / bc2.sqrt(),
+            eps: cfg.eps,
+        };
+        p.inplace_op3(&m, &v, &apply)?;
+        return Ok(ParamState {
+            step,
+            slots: vec![m, v],
+        });
+    }
+    let p = p.affine(1.0 - lr * wd, 0.0)?;
+    let m = (m.affine(b1, 0.0)? + grad.affine(1.0 - b1, 0.0)?)?;
+    let v = (v.affine(b2, 0.0)? + grad.sqr()?.affine(1.0 - b2, 0.0)?)?;
     let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), cfg.eps)?;
     let upd = (m.affine(lr / bc1, 0.0)? / denom)?;
     var.set(&(p - upd)?)?;
@@ -333,4 +383,69 @@ fn adamw_update(
         step,
         slots: vec![m.detach(), v.detach()],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// `[rows, cols]` values as a contiguous tensor and as a strided view of the same values
+    /// (the transpose of a contiguous transpose), which the in-place CPU path refuses.
+    fn both_layouts(rows: usize, cols: usize, seed: f32) -> (Tensor, Tensor) {
+        let n = rows * cols;
+        let vals: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 * 0.618 + seed).sin() * 3.0).powi(3) * 1e-2)
+            .collect();
+        let t = Tensor::from_vec(vals, (rows, cols), &Device::Cpu).unwrap();
+        let strided = t.t().unwrap().contiguous().unwrap().t().unwrap();
+        assert!(!strided.is_contiguous());
+        (t, strided)
+    }
+
+    /// Three updates through the in-place CPU passes and through the tensor ops give the same
+    /// bits, for both optimizers, with and without decay, across several parallel chunks.
+    #[test]
+    fn in_place_and_tensor_paths_agree_bit_for_bit() {
+        let cfg = OptimizerConfig::default();
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adamw] {
+            for wd in [0.0, 0.05] {
+                let (rows, cols) = (300, 229);
+                let p_fused = Var::from_tensor(&both_layouts(rows, cols, 0.3).0).unwrap();
+                let p_plain = Var::from_tensor(&both_layouts(rows, cols, 0.3).0).unwrap();
+                let (mut s_fused, mut s_plain) = (None, None);
+                for k in 0..3 {
+                    let (g, g_strided) = both_layouts(rows, cols, k as f32);
+                    let lr = 0.1 / (k + 1) as f64;
+                    let step = |var: &Var, g: &Tensor, prev| match kind {
+                        OptimizerKind::Sgd => sgd_update(var, g, prev, lr, wd, 0.9),
+                        OptimizerKind::Adamw => adamw_update(var, g, prev, lr, wd, &cfg),
+                    };
+                    s_fused = Some(step(&p_fused, &g, s_fused).unwrap());
+                    s_plain = Some(step(&p_plain, &g_strided, s_plain).unwrap());
+                }
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v.iter().map(|x| x.to_bits()).collect()
+                };
+                assert_eq!(bits(&p_fused), bits(&p_plain), "{kind:?} wd {wd}");
+                let (a, b) = (s_fused.unwrap(), s_plain.unwrap());
+                assert_eq!(a.step, 3);
+                for (x, y) in a.slots.iter().zip(&b.slots) {
+                    assert_eq!(bits(x), bits(y), "{kind:?} wd {wd} state");
+                }
+                let moved = (p_fused.as_tensor() - both_layouts(rows, cols, 0.3).0).unwrap();
+                assert!(
+                    moved
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        > 0.0
+                );
+            }
+        }
+    }
 }
