@@ -93,17 +93,43 @@ pub(crate) fn im2col(g: &Geom, x: &[f32], col: &mut [f32], ld: usize) {
                     d[..ox_lo].fill(0.0);
                     d[ox_hi..].fill(0.0);
                     let x0 = ox_lo * g.stride + kj - g.pad;
-                    if g.stride == 1 {
-                        d[ox_lo..ox_hi].copy_from_slice(&src[x0..x0 + (ox_hi - ox_lo)]);
-                    } else {
-                        for (v, s) in d[ox_lo..ox_hi]
-                            .iter_mut()
-                            .zip(src[x0..].iter().step_by(g.stride))
-                        {
-                            *v = *s;
-                        }
-                    }
+                    gather(&mut d[ox_lo..ox_hi], &src[x0..], g.stride);
                 }
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[i * stride]`. Rows here are short (a few to a hundred floats), so the
+/// stride-1 copy is an inline loop rather than a memcpy call, and stride 2 (the stem and every
+/// stage's first conv) reads pairs, which the compiler turns into vector shuffles where a
+/// `step_by` walk stays scalar.
+#[inline(always)]
+fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
+    let n = dst.len();
+    match stride {
+        1 => {
+            for (v, s) in dst.iter_mut().zip(&src[..n]) {
+                *v = *s;
+            }
+        }
+        2 => {
+            // The last output's pair may run past the row: take it on its own.
+            let pairs = if src.len() >= 2 * n {
+                n
+            } else {
+                n.saturating_sub(1)
+            };
+            for (v, p) in dst[..pairs].iter_mut().zip(src.chunks_exact(2)) {
+                *v = p[0];
+            }
+            if pairs < n {
+                dst[pairs] = src[2 * pairs];
+            }
+        }
+        _ => {
+            for (v, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+                *v = *s;
             }
         }
     }
