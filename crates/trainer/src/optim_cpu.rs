@@ -44,6 +44,33 @@ fn check_len(name: &str, dst: usize, srcs: &[usize]) -> candle_core::Result<()> 
     Ok(())
 }
 
+/// The destination and one source of an in-place op as equally long f32 slices.
+fn operands2<'a>(
+    op: &str,
+    (s1, l1): (&'a mut CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a mut [f32], &'a [f32])> {
+    let (d, a) = (slice_mut(s1, l1, op)?, slice(s2, l2, op)?);
+    check_len(op, d.len(), &[a.len()])?;
+    Ok((d, a))
+}
+
+/// The destination and two sources of an in-place op as equally long f32 slices.
+fn operands3<'a>(
+    op: &str,
+    (s1, l1): (&'a mut CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a mut [f32], &'a [f32], &'a [f32])> {
+    let (d, a, b) = (
+        slice_mut(s1, l1, op)?,
+        slice(s2, l2, op)?,
+        slice(s3, l3, op)?,
+    );
+    check_len(op, d.len(), &[a.len(), b.len()])?;
+    Ok((d, a, b))
+}
+
 /// `dst[i] = f(dst[i], a[i])`, chunked over the rayon pool.
 fn zip1(dst: &mut [f32], a: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     dst.par_chunks_mut(CHUNK)
@@ -81,8 +108,7 @@ impl InplaceOp2 for Moment {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (m, g) = (slice_mut(s1, l1, "moment")?, slice(s2, l2, "gradient")?);
-        check_len(self.name(), m.len(), &[g.len()])?;
+        let (m, g) = operands2(self.name(), (s1, l1), (s2, l2))?;
         let (beta, rest) = (self.beta as f32, (1.0 - self.beta) as f32);
         if self.square {
             zip1(m, g, |m, g| m * beta + (g * g) * rest);
@@ -116,9 +142,7 @@ impl InplaceOp3 for AdamwApply {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let p = slice_mut(s1, l1, "parameter")?;
-        let (m, v) = (slice(s2, l2, "exp_avg")?, slice(s3, l3, "exp_avg_sq")?);
-        check_len(self.name(), p.len(), &[m.len(), v.len()])?;
+        let (p, m, v) = operands3(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         let (decay, step) = (self.decay as f32, self.step as f32);
         let (scale, eps) = (self.inv_sqrt_bc2 as f32, self.eps as f32);
         zip2(p, m, v, |p, m, v| {
@@ -149,9 +173,7 @@ impl InplaceOp3 for SgdBuffer {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let d = slice_mut(s1, l1, "momentum_buffer")?;
-        let (g, p) = (slice(s2, l2, "gradient")?, slice(s3, l3, "parameter")?);
-        check_len(self.name(), d.len(), &[g.len(), p.len()])?;
+        let (d, g, p) = operands3(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         let wd = self.weight_decay as f32;
         // The tensor path adds no decay term when the decay is 0; adding p * 0 could turn an
         // infinite parameter into NaN where that path would not.
@@ -184,8 +206,7 @@ impl InplaceOp2 for Descend {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (p, d) = (slice_mut(s1, l1, "parameter")?, slice(s2, l2, "step")?);
-        check_len(self.name(), p.len(), &[d.len()])?;
+        let (p, d) = operands2(self.name(), (s1, l1), (s2, l2))?;
         let lr = self.lr as f32;
         zip1(p, d, |p, d| p - d * lr);
         Ok(())
