@@ -73,6 +73,11 @@ pub const CASES: &[Case] = &[
         run: max_pool,
     },
     Case {
+        op: "add_relu",
+        shapes: &[&[2, 6, 9, 7], &[2, 6, 9, 7], &[2, 6, 9, 7]],
+        run: add_relu,
+    },
+    Case {
         op: "position_attention",
         shapes: &[&[2, 13, 6], &[5, 6], &[5], &[5], &[2, 12], &[2, 13]],
         run: attention,
@@ -125,6 +130,14 @@ fn max_pool(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
     };
     let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
     with_grads(vec![("y".into(), y)], &grads, &[("x", x)])
+}
+
+/// `add_relu(a, b)` and the gradients of `sum(y * r)`; inputs `[a, b, r]`.
+fn add_relu(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [a, b, r] = v else { unreachable!() };
+    let y = crate::add_relu(a, b)?;
+    let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
+    with_grads(vec![("y".into(), y)], &grads, &[("a", a), ("b", b)])
 }
 
 /// `position_attention(p, w, b, v)` and the gradients of `sum(ug * r_ug) + sum(alpha * r_a)`;
@@ -257,8 +270,9 @@ mod tests {
             assert!(rows.iter().any(|r| r.op == case.op), "{} not run", case.op);
         }
         // conv: y + 2 grads; batch norm: y, mean, var + 3 grads; max-pool: y + 1 grad;
-        // attention: ug, alpha + 4 grads; LSTM: h, c + 3 grads; GRU: h + 3 grads.
-        assert_eq!(rows.len(), 3 * 3 + 2 * 6 + 2 + 6 + 5 + 4, "{rows:#?}");
+        // add_relu: y + 2 grads; attention: ug, alpha + 4 grads; LSTM: h, c + 3 grads;
+        // GRU: h + 3 grads.
+        assert_eq!(rows.len(), 3 * 3 + 2 * 6 + 2 + 3 + 6 + 5 + 4, "{rows:#?}");
         for r in &rows {
             assert!(r.rel_err.is_some_and(|e| e <= 1e-6), "{r:?}");
         }

@@ -27,6 +27,8 @@ pub enum KernelError {
     },
     #[error("fer-kernels max-pool: empty map {h}x{w}")]
     EmptyMap { h: usize, w: usize },
+    #[error("fer-kernels add_relu: the residual sum needs equal shapes, got {a:?} and {b:?}")]
+    AddShapes { a: Vec<usize>, b: Vec<usize> },
     #[error("fer-kernels position_attention: p {p:?} must be [B, N, d] with N, d >= 1, w {w:?} [a, d] with a >= 1, b {b:?} and v {v:?} [a]")]
     AttentionShapes {
         p: Vec<usize>,

@@ -13,7 +13,8 @@
 //!
 //! [`position_attention`] fuses the first-level attention pooling (scores, softmax over
 //! positions, weighted sum and mean) into one op with a hand-written backward; [`lstm_cell`]
-//! and [`gru_cell`] do the same for one step of a PyTorch LSTM / GRU.
+//! and [`gru_cell`] do the same for one step of a PyTorch LSTM / GRU; [`add_relu`] for the
+//! residual block's output.
 //!
 //! The switch: the environment variable `FER_KERNELS=candle` (read once) or [`set_enabled`].
 //!
@@ -38,9 +39,11 @@ mod op;
 mod pool;
 
 // The fused ops of the attention and recurrent blocks (inputs that are not 4-D maps).
+mod add_relu;
 mod attention;
 mod fused;
 mod rnn_cell;
+pub use add_relu::add_relu;
 pub use attention::{position_attention, AttentionPool};
 pub use rnn_cell::{gru_cell, lstm_cell};
 

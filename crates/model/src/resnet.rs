@@ -136,7 +136,7 @@ impl Block {
             Some(d) => d.forward(x, train)?,
             None => x.clone(),
         };
-        (y + identity)?.relu()
+        fer_kernels::add_relu(&y, &identity)
     }
 }
 
