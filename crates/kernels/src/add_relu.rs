@@ -42,6 +42,19 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
+/// `f(a[i], b[i])` for equally long slices, chunked over the rayon pool.
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(*a, *b);
+            }
+        });
+    out
+}
+
 struct AddRelu;
 
 impl CustomOp2 for AddRelu {
@@ -56,15 +69,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (slice(s1, l1)?, slice(s2, l2)?);
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                    *y = (a + b).max(0.0);
-                }
-            });
+        let y = map2(slice(s1, l1)?, slice(s2, l2)?, |a, b| (a + b).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -97,15 +102,13 @@ impl CustomOp2 for PassPositive {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, r) = (slice(s1, l1)?, slice(s2, l2)?);
-        let mut d = vec![0f32; g.len()];
-        d.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(r.par_chunks(CHUNK)))
-            .for_each(|(d, (g, r))| {
-                for ((d, g), r) in d.iter_mut().zip(g).zip(r) {
-                    *d = if *r > 0.0 { *g } else { 0.0 };
-                }
-            });
+        let d = map2(slice(s1, l1)?, slice(s2, l2)?, |g, r| {
+            if r > 0.0 {
+                g
+            } else {
+                0.0
+            }
+        });
         Ok((CpuStorage::F32(d), l1.shape().clone()))
     }
 }
