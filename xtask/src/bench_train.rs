@@ -109,6 +109,8 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         let [case] = cases[..] else {
             bail!("--child needs one --config (a, b or c)")
         };
+        // As the trainer binary does at start-up, so that the figures are the trainer's.
+        trainer::alloc::keep_freed_memory();
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()

@@ -60,10 +60,9 @@ pub struct Speed {
 }
 
 /// Measures `case` on `dev` in this process: [`WARMUP`] + `steps` training steps, then as many
-/// eval-mode forwards; the median step time of each. Tunes the allocator as the trainer does
-/// ([`crate::alloc::keep_freed_memory`]), so the figures are the trainer's.
+/// eval-mode forwards; the median step time of each. The figures are the trainer's when the
+/// process has tuned its allocator as the trainer does ([`crate::alloc::keep_freed_memory`]).
 pub fn measure(case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
-    crate::alloc::keep_freed_memory();
     let mut cfg = ModelConfig::default();
     cfg.backbone.depth = case.depth;
     let varmap = VarMap::new();

@@ -258,15 +258,12 @@ pub fn eval_checkpoint(
     let ck = load_checkpoint(ck_path, device)?;
     // Float sums depend on how samples are grouped into GEMMs, so the run's batch size is what
     // reproduces its metrics to the last bit.
-    let batch = match batch {
-        Some(0) => return Err(Error::Config("--batch-size must be at least 1".into())),
-        Some(b) => b,
-        None => ck
-            .meta
+    let batch = batch.unwrap_or_else(|| {
+        ck.meta
             .get(keys::CONFIG)
             .and_then(|s| TrainConfig::from_toml_str(s, ck_path).ok())
-            .map_or(64, |c| c.data.eval_batch_size),
-    };
+            .map_or(64, |c| c.data.eval_batch_size)
+    });
     let spec = predict::InputSpec::from_checkpoint(&ck)?;
     let manifest = train::load_manifest(data)?;
     let split_name = match split {

@@ -1,10 +1,9 @@
 //! Gradient clipping by global norm, as `torch.nn.utils.clip_grad_norm_`.
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
-use rayon::prelude::*;
+use candle_core::{DType, Var};
 
-use crate::Result;
+use crate::{optim_cpu, Result};
 
 /// Scales the gradients of `vars` in place so that their joint L2 norm is at most `max_norm`
 /// (factor `max_norm / (norm + 1e-6)` capped at 1, PyTorch's rule) and returns the norm before
@@ -31,7 +30,7 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut total = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            if let Some(s) = cpu_sum_sq(g) {
+            if let Some(s) = optim_cpu::sum_sq(g) {
                 total += s;
                 continue;
             }
@@ -46,27 +45,10 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     Ok(total.sqrt())
 }
 
-/// The sum of squares of a CPU f32 tensor, accumulated in f64 straight from its buffer: the
-/// tensor route converts the whole gradient to f64 first, an allocation per variable and step.
-fn cpu_sum_sq(t: &Tensor) -> Option<f64> {
-    let (storage, layout) = t.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        return None;
-    };
-    // Chunk sums added in chunk order: the same bits whichever thread ran which chunk.
-    let partial: Vec<f64> = data[a..b]
-        .par_chunks(1 << 15)
-        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
-        .collect();
-    Some(partial.iter().sum())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     /// The norm of a gradient spread over several parallel chunks, a strided one (tensor route)
     /// and a missing one, against the closed form sum_{i<n} i^2 = (n-1) n (2n-1) / 6.

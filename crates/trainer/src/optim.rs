@@ -291,12 +291,14 @@ fn sgd_update(
 ) -> Result<ParamState> {
     let p = var.as_tensor();
     let step = prev.as_ref().map_or(0, |st| st.step);
-    if optim_cpu::usable(&[p, grad]) {
-        let (d, momentum) = match prev {
-            Some(st) if momentum != 0.0 && optim_cpu::usable(&[&st.slots[0]]) => {
-                (st.slots[0].clone(), Some(momentum))
-            }
-            _ => (grad.zeros_like()?, None),
+    // PyTorch starts the buffer at the first gradient itself (= momentum * 0 + g).
+    let buffer = prev
+        .filter(|_| momentum != 0.0)
+        .map(|st| st.slots[0].clone());
+    if optim_cpu::usable(&[p, grad]) && buffer.as_ref().is_none_or(|d| optim_cpu::usable(&[d])) {
+        let (d, momentum) = match buffer {
+            Some(d) => (d, Some(momentum)),
+            None => (grad.zeros_like()?, None),
         };
         d.inplace_op3(
             grad,
@@ -317,10 +319,9 @@ fn sgd_update(
     } else {
         grad.clone()
     };
-    // PyTorch starts the buffer at the first gradient itself (= momentum * 0 + g).
-    let d = match prev {
-        Some(st) if momentum != 0.0 => (st.slots[0].affine(momentum, 0.0)? + g)?,
-        _ => g,
+    let d = match buffer {
+        Some(d) => (d.affine(momentum, 0.0)? + g)?,
+        None => g,
     };
     var.set(&(p - d.affine(lr, 0.0)?)?)?;
     Ok(ParamState {

@@ -1,4 +1,5 @@
-//! The optimizer updates as in-place passes over CPU f32 buffers.
+//! The optimizer updates as in-place passes over CPU f32 buffers, and the gradient norm read
+//! straight from them.
 //!
 //! Written with tensor ops, one AdamW update is a dozen ops per variable, each allocating and
 //! filling a fresh tensor the size of the variable: for ResNet-18 that is over a gigabyte of
@@ -7,7 +8,7 @@
 //! same order (candle's `affine(mul, add)` is `x * mul + add` with both cast to f32), so both
 //! paths give the same bits and the PyTorch replay tests cover this one.
 
-use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel chunk: small variables (biases) stay on one thread.
@@ -42,6 +43,26 @@ fn check_len(name: &str, dst: usize, srcs: &[usize]) -> candle_core::Result<()> 
         bail!("{name}: {dst} elements to update but sources of {srcs:?}")
     }
     Ok(())
+}
+
+/// The sum of squares of a contiguous CPU f32 tensor, accumulated in f64 straight from its
+/// buffer (`None` for any other tensor): the tensor route converts the whole gradient to f64
+/// first, an allocation per variable and step.
+pub(crate) fn sum_sq(t: &Tensor) -> Option<f64> {
+    if !usable(&[t]) {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let data = slice(cpu, layout, "gradient").ok()?;
+    // Chunk sums added in chunk order: the same bits whichever thread ran which chunk.
+    let partial: Vec<f64> = data
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
+        .collect();
+    Some(partial.iter().sum())
 }
 
 /// The destination and one source of an in-place op as equally long f32 slices.
