@@ -26,8 +26,8 @@ impl Dims {
     }
 }
 
-/// Per-channel mean and biased variance, accumulated in f64 (one pass, no cancellation trouble
-/// at activation magnitudes).
+/// Per-channel mean and biased variance, accumulated in f64 across planes (one pass, no
+/// cancellation trouble at activation magnitudes).
 pub(crate) fn stats(d: Dims, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let m = d.m() as f64;
     let per: Vec<(f32, f32)> = (0..d.c)
@@ -35,11 +35,7 @@ pub(crate) fn stats(d: Dims, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .map(|c| {
             let (mut s, mut s2) = (0f64, 0f64);
             for b in 0..d.b {
-                let (mut ps, mut ps2) = (0f32, 0f32);
-                for &v in &x[d.plane(b, c)] {
-                    ps += v;
-                    ps2 += v * v;
-                }
+                let (ps, ps2) = lanes2(&x[d.plane(b, c)], |v| (v, v * v));
                 s += ps as f64;
                 s2 += ps2 as f64;
             }
@@ -48,6 +44,46 @@ pub(crate) fn stats(d: Dims, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         })
         .collect();
     per.into_iter().unzip()
+}
+
+/// Accumulator lanes: a plane is summed as `LANES` interleaved partial sums so the loop
+/// vectorises (one running f32 sum is a serial chain of dependent adds).
+const LANES: usize = 16;
+
+/// `(sum f(v).0, sum f(v).1)` over `xs`, in `LANES` partial sums.
+#[inline(always)]
+fn lanes2(xs: &[f32], f: impl Fn(f32) -> (f32, f32)) -> (f32, f32) {
+    lanes2_zip3(xs, xs, xs, |v, _, _| f(v))
+}
+
+/// The same over three equally long slices.
+#[inline(always)]
+fn lanes2_zip3(
+    xs: &[f32],
+    ys: &[f32],
+    zs: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+    let (xc, yc, zc) = (
+        xs.chunks_exact(LANES),
+        ys.chunks_exact(LANES),
+        zs.chunks_exact(LANES),
+    );
+    let tail = xc.remainder().iter().zip(yc.remainder()).zip(zc.remainder());
+    for ((xk, yk), zk) in xc.zip(yc).zip(zc) {
+        for l in 0..LANES {
+            let (p, q) = f(xk[l], yk[l], zk[l]);
+            a[l] += p;
+            b[l] += q;
+        }
+    }
+    for (l, ((&x, &y), &z)) in tail.enumerate() {
+        let (p, q) = f(x, y, z);
+        a[l] += p;
+        b[l] += q;
+    }
+    (a.iter().sum(), b.iter().sum())
 }
 
 /// Per-channel `scale` and `shift` such that `y = x * scale + shift`.
@@ -101,17 +137,43 @@ pub(crate) fn backward(
     invstd: &[f32],
     gamma: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    match relu_out {
+        Some(y) => backward_gated::<true>(d, x, dy, y, mean, invstd, gamma),
+        None => backward_gated::<false>(d, x, dy, dy, mean, invstd, gamma),
+    }
+}
+
+/// The gradient reaching the normalisation: none where a fused ReLU cut the output (`RELU`,
+/// with `y` the forward's output).
+#[inline(always)]
+fn gate<const RELU: bool>(g: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 {
+        0.0
+    } else {
+        g
+    }
+}
+
+fn backward_gated<const RELU: bool>(
+    d: Dims,
+    x: &[f32],
+    dy: &[f32],
+    y: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let sums: Vec<(f32, f32)> = (0..d.c)
         .into_par_iter()
         .map(|c| {
             let (mut sdy, mut sdyx) = (0f64, 0f64);
+            let mc = mean[c];
             for b in 0..d.b {
-                let (mut a, mut e) = (0f32, 0f32);
-                for (i, &v) in d.plane(b, c).zip(&x[d.plane(b, c)]) {
-                    let g = grad(dy, relu_out, i);
-                    a += g;
-                    e += g * (v - mean[c]);
-                }
+                let r = d.plane(b, c);
+                let (a, e) = lanes2_zip3(&dy[r.clone()], &y[r.clone()], &x[r], |g, y, v| {
+                    let g = gate::<RELU>(g, y);
+                    (g, g * (v - mc))
+                });
                 sdy += a as f64;
                 sdyx += e as f64;
             }
@@ -129,22 +191,15 @@ pub(crate) fn backward(
         .for_each(|(b, db)| {
             for c in 0..d.c {
                 let k = gamma[c] * invstd[c];
-                let mdb = dbeta[c] / m;
+                let (mc, mdb) = (mean[c], dbeta[c] / m);
                 let mdg = dgamma[c] / m * invstd[c];
-                let out = db[c * d.s..(c + 1) * d.s].iter_mut();
-                for ((o, &v), i) in out.zip(&x[d.plane(b, c)]).zip(d.plane(b, c)) {
-                    *o = k * (grad(dy, relu_out, i) - mdb - (v - mean[c]) * mdg);
+                let out = &mut db[c * d.s..(c + 1) * d.s];
+                let r = d.plane(b, c);
+                let ins = x[r.clone()].iter().zip(&dy[r.clone()]).zip(&y[r]);
+                for (o, ((&v, &g), &y)) in out.iter_mut().zip(ins) {
+                    *o = k * (gate::<RELU>(g, y) - mdb - (v - mc) * mdg);
                 }
             }
         });
     (dx, dgamma, dbeta)
-}
-
-/// The gradient reaching the normalisation at `i`: none where a fused ReLU cut the output.
-#[inline(always)]
-fn grad(dy: &[f32], relu_out: Option<&[f32]>, i: usize) -> f32 {
-    match relu_out {
-        Some(y) if y[i] <= 0.0 => 0.0,
-        _ => dy[i],
-    }
 }

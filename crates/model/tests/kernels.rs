@@ -1,17 +1,24 @@
 //! The model on our CPU kernels (the default) and on plain candle ops gives the same outputs,
 //! running statistics and gradients. Its own test binary: the kernel switch is process-wide.
+//!
+//! The reference is the plain-op model in f64: comparing two f32 runs measures their rounding
+//! as much as their agreement. On this input the plain f32 run's BatchNorm gradients (candle
+//! sums thousands of cancelling terms in one serial f32 chain) are up to 6.5e-2 of their size
+//! away from f64, while the kernels (lane-wise partial sums, f64 across planes) stay within
+//! 3e-5.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use fer_model::{trainable_vars, ModelConfig, TwoAttTwoMt};
 
 /// Forward in train mode, backward of a fixed random projection of every output; returns the
-/// outputs, then every variable's gradient (trainables) or value (running statistics), by name.
-fn run(cfg: &ModelConfig, x: &Tensor, fast: bool) -> Vec<(String, Tensor)> {
+/// outputs, then every variable's gradient (trainables) or value (running statistics), by name,
+/// as f32.
+fn run(cfg: &ModelConfig, x: &Tensor, fast: bool, dtype: DType) -> Vec<(String, Tensor)> {
     fer_kernels::set_enabled(fast);
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
     let model = TwoAttTwoMt::new(cfg, vb).unwrap();
     // Same weights on both paths: overwrite the random init with a deterministic one.
     for (name, var) in varmap.data().lock().unwrap().iter() {
@@ -29,16 +36,18 @@ fn run(cfg: &ModelConfig, x: &Tensor, fast: bool) -> Vec<(String, Tensor)> {
         } else {
             v
         };
-        var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
-            .unwrap();
+        let v = Tensor::from_vec(v, var.shape(), &dev).unwrap();
+        var.set(&v.to_dtype(dtype).unwrap()).unwrap();
     }
-    let out = model.forward(x, true).unwrap();
+    let out = model.forward(&x.to_dtype(dtype).unwrap(), true).unwrap();
     let logits = out.logits.clone().unwrap();
     let r = Tensor::arange(0f32, logits.elem_count() as f32, &dev)
         .unwrap()
         .reshape(logits.dims())
         .unwrap()
         .sin()
+        .unwrap()
+        .to_dtype(dtype)
         .unwrap();
     let loss = ((logits.clone() * r).unwrap().sum_all().unwrap()
         + (out.valence.clone() * 0.7).unwrap().sum_all().unwrap()
@@ -65,7 +74,9 @@ fn run(cfg: &ModelConfig, x: &Tensor, fast: bool) -> Vec<(String, Tensor)> {
         .collect();
     running.sort_by(|a, b| a.0.cmp(&b.0));
     got.extend(running);
-    got
+    got.into_iter()
+        .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
+        .collect()
 }
 
 fn max_abs(t: &Tensor) -> f32 {
@@ -77,9 +88,6 @@ fn max_abs(t: &Tensor) -> f32 {
 fn fast_kernels_and_candle_ops_agree() {
     let mut cfg = ModelConfig::default();
     cfg.backbone.width = 0.125;
-    // Fixed input: with random ones, about 1 draw in 50 gave a layer1 BatchNorm-bias gradient
-    // (a sum of ~3,000 cancelling terms) that differed by just over 1e-3 of its size between
-    // the paths, f32 summation order alone.
     let x = Tensor::arange(0f32, (3 * 3 * 64 * 64) as f32, &Device::Cpu)
         .unwrap()
         .affine(0.37, 0.0)
@@ -88,16 +96,25 @@ fn fast_kernels_and_candle_ops_agree() {
         .unwrap()
         .reshape((3, 3, 64, 64))
         .unwrap();
-    let fast = run(&cfg, &x, true);
-    let plain = run(&cfg, &x, false);
-    assert_eq!(fast.len(), plain.len());
-    let mut worst = 0f32;
-    for ((name, a), (name_b, b)) in fast.iter().zip(&plain) {
-        assert_eq!(name, name_b);
-        let scale = max_abs(b).max(1e-3);
-        let diff = max_abs(&(a - b).unwrap());
+    let fast = run(&cfg, &x, true, DType::F32);
+    let exact = run(&cfg, &x, false, DType::F64);
+    let plain = run(&cfg, &x, false, DType::F32);
+    assert_eq!(fast.len(), exact.len());
+    let (mut worst, mut plain_worst) = (0f32, 0f32);
+    for (((name, a), (name_e, e)), (_, p)) in fast.iter().zip(&exact).zip(&plain) {
+        assert_eq!(name, name_e);
+        let scale = max_abs(e).max(1e-3);
+        let diff = max_abs(&(a - e).unwrap());
         worst = worst.max(diff / scale);
-        assert!(diff <= 1e-3 * scale, "{name}: {diff} (scale {scale})");
+        assert!(diff <= 1e-4 * scale, "{name}: {diff} (scale {scale})");
+        // The plain f32 forward is well conditioned: outputs and running statistics agree too.
+        if !name.starts_with("grad ") {
+            let diff = max_abs(&(p - e).unwrap());
+            assert!(diff <= 1e-4 * scale, "plain {name}: {diff} (scale {scale})");
+        }
+        plain_worst = plain_worst.max(max_abs(&(p - e).unwrap()) / scale);
     }
-    assert!(worst > 0.0, "the two paths must really differ in rounding");
+    assert!(worst > 0.0, "f32 kernels against f64 ops must differ in rounding");
+    // The fast path must not be the less accurate one.
+    assert!(worst <= plain_worst, "kernels {worst} vs plain {plain_worst}");
 }
