@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor, 
 use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::fused::{gemm_threads, runs_here, slice};
+use crate::fused::{gemm_threads, on_cuda, runs_here, slice};
 use crate::matmul::{gemm, Mat};
 
 /// What [`position_attention`] returns.
@@ -82,16 +82,21 @@ impl Dims {
 /// ```
 pub fn position_attention(p: &Tensor, w: &Tensor, b: &Tensor, v: &Tensor) -> Result<AttentionPool> {
     let dims = Dims::check(p, w, b, v)?;
-    if !runs_here(&[p, w, b, v]) {
+    let cuda = on_cuda(&[p, w, b, v]);
+    if !(cuda || runs_here(&[p, w, b, v])) {
         return position_attention_plain(p, w, b, v);
     }
     // Bias and score vector travel as one `[2, a]` input (a CustomOp takes three).
     let bv = Tensor::stack(&[b, v], 0)?;
-    let op = PositionAttentionOp {
-        dims,
-        tanh: OnceLock::new(),
+    let out = if cuda {
+        scores_then_pool(dims, p, w, &bv)?
+    } else {
+        let op = PositionAttentionOp {
+            dims,
+            tanh: OnceLock::new(),
+        };
+        p.contiguous()?.apply_op3(&w.contiguous()?, &bv, op)?
     };
-    let out = p.contiguous()?.apply_op3(&w.contiguous()?, &bv, op)?;
     let Dims { b, n, d, .. } = dims;
     let ug = out.narrow(0, 0, b * 2 * d)?.reshape((b, 2 * d))?;
     Ok(AttentionPool {
@@ -100,6 +105,21 @@ pub fn position_attention(p: &Tensor, w: &Tensor, b: &Tensor, v: &Tensor) -> Res
         alpha: out.narrow(0, b * 2 * d, b * n)?.reshape((b, n))?,
         ug,
     })
+}
+
+/// On CUDA: the scores' pre-activations as one cuBLAS product (autograd handles `W` and its
+/// share of `dp`), then one kernel per pass for the rest.
+#[cfg(feature = "cuda")]
+fn scores_then_pool(dims: Dims, p: &Tensor, w: &Tensor, bv: &Tensor) -> Result<Tensor> {
+    let Dims { b, n, d, a } = dims;
+    let s = p.reshape((b * n, d))?.matmul(&w.t()?)?;
+    let op = crate::cuda::AttentionFromScores { b, n, d, a };
+    s.apply_op3(&p.contiguous()?, &bv.contiguous()?, op)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn scores_then_pool(_: Dims, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+    unreachable!("on_cuda is false without the cuda feature")
 }
 
 /// The same with candle's generic ops (other devices and dtypes, or kernels switched off).

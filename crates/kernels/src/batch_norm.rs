@@ -70,7 +70,11 @@ fn lanes2_zip3(
         ys.chunks_exact(LANES),
         zs.chunks_exact(LANES),
     );
-    let tail = xc.remainder().iter().zip(yc.remainder()).zip(zc.remainder());
+    let tail = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .zip(zc.remainder());
     for ((xk, yk), zk) in xc.zip(yc).zip(zc) {
         for l in 0..LANES {
             let (p, q) = f(xk[l], yk[l], zk[l]);

@@ -194,12 +194,24 @@ fn with_grads(
 }
 
 /// Every case of [`CASES`] on `dev` against the CPU: one row per output and gradient.
+/// With CUDA, every kernel output is poisoned (NaN) first, so unwritten elements fail.
 pub fn compare_devices(dev: &Device) -> Result<Vec<CheckRow>> {
+    #[cfg(feature = "cuda")]
+    crate::cuda::set_poison(true);
     let mut rows = vec![];
+    let mut result = Ok(());
     for case in CASES {
-        rows.extend(compare_case(case, case.run, dev)?);
+        match compare_case(case, case.run, dev) {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(rows)
+    #[cfg(feature = "cuda")]
+    crate::cuda::set_poison(false);
+    result.map(|()| rows)
 }
 
 /// `case` on the CPU (the reference) against `run` on `dev`.

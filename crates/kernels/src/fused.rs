@@ -13,6 +13,16 @@ pub(crate) fn runs_here(ts: &[&Tensor]) -> bool {
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// Whether the CUDA twins take these tensors: built with CUDA, switched on, all on a CUDA
+/// device, all f32.
+pub(crate) fn on_cuda(ts: &[&Tensor]) -> bool {
+    cfg!(feature = "cuda")
+        && crate::enabled()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
+}
+
 /// The f32 data of a contiguous CPU storage.
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {

@@ -32,6 +32,8 @@
 mod batch_norm;
 pub mod check;
 mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod im2col;
 mod matmul;
@@ -99,6 +101,10 @@ fn runs_here(x: &Tensor, with: &[&Tensor]) -> bool {
 /// `conv2d(x [B, C, H, W], w [O, C, KH, KW])` with `stride` and zero `padding` on both sides,
 /// no bias, dilation or groups — the convs of a ResNet. Differentiable in both arguments.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if w.rank() == 4 && x.rank() == 4 && fused::on_cuda(&[x, w]) {
+        return cuda::conv2d(x, w, stride, padding);
+    }
     if !(runs_here(x, &[w]) && w.rank() == 4) {
         return x.conv2d(w, padding, stride, 1, 1);
     }

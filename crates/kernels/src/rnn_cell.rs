@@ -10,7 +10,7 @@ use candle_nn::ops::sigmoid;
 use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::fused::{runs_here, slice};
+use crate::fused::{on_cuda, runs_here, slice};
 
 fn check(
     op: &'static str,
@@ -50,7 +50,7 @@ fn check(
 /// ```
 pub fn lstm_cell(gx: &Tensor, gh: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
     let (b, h) = check("lstm_cell", 4, gx, gh, c)?;
-    if !runs_here(&[gx, gh, c]) {
+    if !(runs_here(&[gx, gh, c]) || on_cuda(&[gx, gh, c])) {
         return lstm_plain(gx, gh, c, h);
     }
     let out = gx
@@ -74,7 +74,7 @@ pub fn lstm_cell(gx: &Tensor, gh: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor
 /// ```
 pub fn gru_cell(gx: &Tensor, gh: &Tensor, h: &Tensor) -> Result<Tensor> {
     let (b, hid) = check("gru_cell", 3, gx, gh, h)?;
-    if !runs_here(&[gx, gh, h]) {
+    if !(runs_here(&[gx, gh, h]) || on_cuda(&[gx, gh, h])) {
         return gru_plain(gx, gh, h, hid);
     }
     gx.contiguous()?
@@ -161,6 +161,25 @@ impl CustomOp3 for LstmCell {
         Ok((CpuStorage::F32(out), Shape::from((2, b, h))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{cell, view};
+        let (b, h) = (self.b, self.h);
+        let ins = [view(s1, l1)?, view(s2, l2)?, view(s3, l3)?];
+        let out = cell(&s1.device, "fer_lstm_fwd", (b, h), &ins, &[2 * b * h])?;
+        let out = out.into_iter().next().expect("one output");
+        let storage = candle_core::CudaStorage::wrap_cuda_slice(out, s1.device.clone());
+        Ok((storage, Shape::from((2, b, h))))
+    }
+
     fn bwd(
         &self,
         gx: &Tensor,
@@ -171,6 +190,15 @@ impl CustomOp3 for LstmCell {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use crate::op::with_data;
         let (b, h) = (self.b, self.h);
+        #[cfg(feature = "cuda")]
+        if gx.device().is_cuda() {
+            let shapes = [gx.shape(), c.shape()];
+            let ins = [gx, gh, c, res, dres];
+            let mut g = crate::cuda::cell_backward("fer_lstm_bwd", (b, h), &ins, &shapes)?;
+            let dc = g.pop();
+            let dpre = g.pop();
+            return Ok((dpre.clone(), dpre, dc));
+        }
         let (dpre, dc) = with_data(gx, |gx| {
             with_data(gh, |gh| {
                 with_data(c, |c| {
@@ -269,6 +297,25 @@ impl CustomOp3 for GruCell {
         Ok((CpuStorage::F32(out), Shape::from((b, h))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{cell, view};
+        let (b, h) = (self.b, self.h);
+        let ins = [view(s1, l1)?, view(s2, l2)?, view(s3, l3)?];
+        let out = cell(&s1.device, "fer_gru_fwd", (b, h), &ins, &[b * h])?;
+        let out = out.into_iter().next().expect("one output");
+        let storage = candle_core::CudaStorage::wrap_cuda_slice(out, s1.device.clone());
+        Ok((storage, Shape::from((b, h))))
+    }
+
     fn bwd(
         &self,
         gx: &Tensor,
@@ -279,6 +326,15 @@ impl CustomOp3 for GruCell {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use crate::op::with_data;
         let (b, h) = (self.b, self.h);
+        #[cfg(feature = "cuda")]
+        if gx.device().is_cuda() {
+            let shapes = [gx.shape(), gh.shape(), hp.shape()];
+            let ins = [gx, gh, hp, dres];
+            let mut g = crate::cuda::cell_backward("fer_gru_bwd", (b, h), &ins, &shapes)?;
+            let dh = g.pop();
+            let dgh = g.pop();
+            return Ok((g.pop(), dgh, dh));
+        }
         let mut dgx = vec![0f32; b * 3 * h];
         let mut dgh = vec![0f32; b * 3 * h];
         let mut dh = vec![0f32; b * h];

@@ -114,7 +114,13 @@ fn fast_kernels_and_candle_ops_agree() {
         }
         plain_worst = plain_worst.max(max_abs(&(p - e).unwrap()) / scale);
     }
-    assert!(worst > 0.0, "f32 kernels against f64 ops must differ in rounding");
+    assert!(
+        worst > 0.0,
+        "f32 kernels against f64 ops must differ in rounding"
+    );
     // The fast path must not be the less accurate one.
-    assert!(worst <= plain_worst, "kernels {worst} vs plain {plain_worst}");
+    assert!(
+        worst <= plain_worst,
+        "kernels {worst} vs plain {plain_worst}"
+    );
 }
