@@ -16,18 +16,23 @@
 __device__ __forceinline__ float sig(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // ---- rnn_cell.rs: one LSTM step, gate order (i, f, g, o) --------------------------------------
+// The gate activations (i, f, g, o) of unit j from one row of gx and gh.
+__device__ __forceinline__ void lstm_gates(const float* x, const float* y, int h, int j,
+                                           float* i, float* f, float* g, float* o) {
+  *i = sig(x[j] + y[j]);
+  *f = sig(x[h + j] + y[h + j]);
+  *g = tanhf(x[2 * h + j] + y[2 * h + j]);
+  *o = sig(x[3 * h + j] + y[3 * h + j]);
+}
+
 // gx, gh: [B, 4h]; c: [B, h]; out: [2, B, h] (h' plane, then c' plane).
 extern "C" __global__ void fer_lstm_fwd(int b, int h, const float* gx, const float* gh,
                                         const float* c, float* out) {
   int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= b * h) return;
   int r = k / h, j = k - r * h;
-  const float* x = gx + (size_t)r * 4 * h;
-  const float* y = gh + (size_t)r * 4 * h;
-  float i = sig(x[j] + y[j]);
-  float f = sig(x[h + j] + y[h + j]);
-  float g = tanhf(x[2 * h + j] + y[2 * h + j]);
-  float o = sig(x[3 * h + j] + y[3 * h + j]);
+  float i, f, g, o;
+  lstm_gates(gx + (size_t)r * 4 * h, gh + (size_t)r * 4 * h, h, j, &i, &f, &g, &o);
   float cn = f * c[k] + i * g;
   out[(size_t)b * h + k] = cn;
   out[k] = o * tanhf(cn);
@@ -40,12 +45,8 @@ extern "C" __global__ void fer_lstm_bwd(int b, int h, const float* gx, const flo
   int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= b * h) return;
   int r = k / h, j = k - r * h;
-  const float* x = gx + (size_t)r * 4 * h;
-  const float* y = gh + (size_t)r * 4 * h;
-  float i = sig(x[j] + y[j]);
-  float f = sig(x[h + j] + y[h + j]);
-  float g = tanhf(x[2 * h + j] + y[2 * h + j]);
-  float o = sig(x[3 * h + j] + y[3 * h + j]);
+  float i, f, g, o;
+  lstm_gates(gx + (size_t)r * 4 * h, gh + (size_t)r * 4 * h, h, j, &i, &f, &g, &o);
   size_t bh = (size_t)b * h;
   float tc = tanhf(out[bh + k]);
   float dh = dout[k];
@@ -59,17 +60,23 @@ extern "C" __global__ void fer_lstm_bwd(int b, int h, const float* gx, const flo
 }
 
 // ---- rnn_cell.rs: one GRU step, gate order (r, z, n) ------------------------------------------
+// (r, z, n) of unit j from one row of gx and gh, and gh_n (the backward needs it).
+__device__ __forceinline__ void gru_gates(const float* x, const float* y, int h, int j, float* r,
+                                          float* z, float* n, float* ghn) {
+  *r = sig(x[j] + y[j]);
+  *z = sig(x[h + j] + y[h + j]);
+  *ghn = y[2 * h + j];
+  *n = tanhf(x[2 * h + j] + *r * *ghn);
+}
+
 // gx, gh: [B, 3h]; hp (previous state) and out: [B, h].
 extern "C" __global__ void fer_gru_fwd(int b, int h, const float* gx, const float* gh,
                                        const float* hp, float* out) {
   int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= b * h) return;
   int r = k / h, j = k - r * h;
-  const float* x = gx + (size_t)r * 3 * h;
-  const float* y = gh + (size_t)r * 3 * h;
-  float rr = sig(x[j] + y[j]);
-  float z = sig(x[h + j] + y[h + j]);
-  float n = tanhf(x[2 * h + j] + rr * y[2 * h + j]);
+  float rr, z, n, ghn;
+  gru_gates(gx + (size_t)r * 3 * h, gh + (size_t)r * 3 * h, h, j, &rr, &z, &n, &ghn);
   out[k] = n + z * (hp[k] - n);
 }
 
@@ -80,12 +87,8 @@ extern "C" __global__ void fer_gru_bwd(int b, int h, const float* gx, const floa
   if (k >= b * h) return;
   int r = k / h, j = k - r * h;
   size_t row = (size_t)r * 3 * h;
-  const float* x = gx + row;
-  const float* y = gh + row;
-  float rr = sig(x[j] + y[j]);
-  float z = sig(x[h + j] + y[h + j]);
-  float ghn = y[2 * h + j];
-  float n = tanhf(x[2 * h + j] + rr * ghn);
+  float rr, z, n, ghn;
+  gru_gates(gx + row, gh + row, h, j, &rr, &z, &n, &ghn);
   float d = dout[k];
   float dan = d * (1.0f - z) * (1.0f - n * n);
   float daz = d * (hp[k] - n) * z * (1.0f - z);

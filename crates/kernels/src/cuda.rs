@@ -64,7 +64,7 @@ fn output(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
 }
 
 /// The f32 data of a contiguous CUDA storage.
-pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| KernelError::Storage("a non-contiguous layout".into()))?;
@@ -102,7 +102,7 @@ fn tensor(dev: &CudaDevice, s: CudaSlice<f32>, shape: impl Into<Shape>) -> Tenso
 
 /// Launches an element-wise cell kernel `name(int b, int h, inputs.., outputs..)` over `b * h`
 /// threads; returns the outputs, of `out_lens` floats each.
-pub(crate) fn cell(
+fn cell(
     dev: &CudaDevice,
     name: &str,
     (b, h): (usize, usize),
@@ -128,6 +128,24 @@ pub(crate) fn cell(
     // outputs, allocated at the sizes the kernel indexes.
     unsafe { builder.launch(grid(b * h)) }.w()?;
     Ok(outs)
+}
+
+/// A cell's forward on CUDA, from the op's three storages to one output of `shape`.
+pub(crate) fn cell_forward(
+    name: &str,
+    bh: (usize, usize),
+    ins: [(&CudaStorage, &Layout); 3],
+    shape: impl Into<Shape>,
+) -> Result<(CudaStorage, Shape)> {
+    let shape = shape.into();
+    let dev = &ins[0].0.device;
+    let views = ins
+        .iter()
+        .map(|(s, l)| view(s, l))
+        .collect::<Result<Vec<_>>>()?;
+    let out = cell(dev, name, bh, &views, &[shape.elem_count()])?;
+    let out = out.into_iter().next().expect("one output asked for");
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
 }
 
 /// A cell's backward on CUDA: inputs as tensors, outputs as tensors of the given shapes.
@@ -187,8 +205,8 @@ impl candle_core::CustomOp3 for AttentionFromScores {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        // The CPU runs the fused op with its own GEMM (attention.rs); this one is CUDA's.
-        Err(KernelError::Storage("attention-from-scores is the CUDA path".into()).into())
+        // The CPU runs the fused op with its own GEMM (attention.rs).
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -263,6 +281,12 @@ impl candle_core::CustomOp3 for AttentionFromScores {
         })?;
         Ok((Some(ds), Some(dp), Some(parts.sum(0)?)))
     }
+}
+
+/// The CPU side of an op that only exists on CUDA: never called (the public functions pick the
+/// CPU ops there), an error rather than a panic if it were.
+fn cuda_only(op: &str) -> Result<(CpuStorage, Shape)> {
+    Err(KernelError::Storage(format!("{op} runs on CUDA only")).into())
 }
 
 /// Sizes of a convolution, in the order the im2col/col2im kernels take them.
@@ -348,7 +372,8 @@ impl CustomOp2 for ConvCuda {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Err(KernelError::Storage("conv2d-cuda is the CUDA path".into()).into())
+        // The CPU has its own conv op (op.rs).
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(

@@ -171,13 +171,13 @@ impl CustomOp3 for LstmCell {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda::{cell, view};
         let (b, h) = (self.b, self.h);
-        let ins = [view(s1, l1)?, view(s2, l2)?, view(s3, l3)?];
-        let out = cell(&s1.device, "fer_lstm_fwd", (b, h), &ins, &[2 * b * h])?;
-        let out = out.into_iter().next().expect("one output");
-        let storage = candle_core::CudaStorage::wrap_cuda_slice(out, s1.device.clone());
-        Ok((storage, Shape::from((2, b, h))))
+        crate::cuda::cell_forward(
+            "fer_lstm_fwd",
+            (b, h),
+            [(s1, l1), (s2, l2), (s3, l3)],
+            (2, b, h),
+        )
     }
 
     fn bwd(
@@ -307,13 +307,13 @@ impl CustomOp3 for GruCell {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda::{cell, view};
         let (b, h) = (self.b, self.h);
-        let ins = [view(s1, l1)?, view(s2, l2)?, view(s3, l3)?];
-        let out = cell(&s1.device, "fer_gru_fwd", (b, h), &ins, &[b * h])?;
-        let out = out.into_iter().next().expect("one output");
-        let storage = candle_core::CudaStorage::wrap_cuda_slice(out, s1.device.clone());
-        Ok((storage, Shape::from((b, h))))
+        crate::cuda::cell_forward(
+            "fer_gru_fwd",
+            (b, h),
+            [(s1, l1), (s2, l2), (s3, l3)],
+            (b, h),
+        )
     }
 
     fn bwd(
