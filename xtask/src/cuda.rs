@@ -402,8 +402,9 @@ pub fn build(args: BuildCudaArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut cmd = cuda_cargo(&dir, &cap);
+    // Without the default AVX-512 CPU GEMM kernels: the binary must stay under the cap.
     cmd.args(["build", "--release", "-p", "trainer", "--bin", "trainer"])
-        .args(["--features", "cuda"])
+        .args(["--no-default-features", "--features", "cuda"])
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(&root)
