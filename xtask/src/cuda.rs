@@ -410,8 +410,8 @@ pub fn build(args: BuildCudaArgs) -> anyhow::Result<()> {
         .current_dir(&root)
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
     println!(
-        "build-cuda: cargo build --release -p trainer --features cuda (compute capability \
-         {cap}, target {})",
+        "build-cuda: cargo build --release -p trainer --no-default-features --features cuda \
+         (compute capability {cap}, target {})",
         target_dir.display()
     );
     let status = cmd.status().context("running cargo build")?;
