@@ -198,20 +198,13 @@ fn with_grads(
 pub fn compare_devices(dev: &Device) -> Result<Vec<CheckRow>> {
     #[cfg(feature = "cuda")]
     crate::cuda::set_poison(true);
-    let mut rows = vec![];
-    let mut result = Ok(());
-    for case in CASES {
-        match compare_case(case, case.run, dev) {
-            Ok(r) => rows.extend(r),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
+    let rows = CASES
+        .iter()
+        .map(|case| compare_case(case, case.run, dev))
+        .collect::<Result<Vec<_>>>();
     #[cfg(feature = "cuda")]
     crate::cuda::set_poison(false);
-    result.map(|()| rows)
+    rows.map(|r| r.concat())
 }
 
 /// `case` on the CPU (the reference) against `run` on `dev`.

@@ -5,6 +5,7 @@ use candle_core::{
 };
 
 use crate::error::KernelError;
+use crate::fused::slice;
 use crate::im2col::Geom;
 use crate::{batch_norm, conv, pool};
 
@@ -15,13 +16,6 @@ pub(crate) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> R
     match &*storage {
         Storage::Cpu(cpu) => f(slice(cpu, layout)?),
         other => Err(KernelError::Storage(format!("{:?}", other.device().location())).into()),
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => Err(KernelError::Storage("a non-contiguous layout".into()).into()),
     }
 }
 

@@ -35,26 +35,21 @@ static float shared_floats[1 << 16];
 
 // `blocks` blocks of `threads` threads; concurrently (with the barrier) when the kernel syncs.
 static void launch(unsigned blocks, unsigned threads, bool syncs, const std::function<void()>& k) {
+  auto as_thread = [&](unsigned t, unsigned b) {
+    threadIdx = {t, 0, 0};
+    blockIdx = {b, 0, 0};
+    blockDim = {threads, 1, 1};
+    k();
+  };
   for (unsigned b = 0; b < blocks; ++b) {
     if (!syncs) {
-      for (unsigned t = 0; t < threads; ++t) {
-        threadIdx = {t, 0, 0};
-        blockIdx = {b, 0, 0};
-        blockDim = {threads, 1, 1};
-        k();
-      }
+      for (unsigned t = 0; t < threads; ++t) as_thread(t, b);
       continue;
     }
     std::barrier<> bar(threads);
     block_barrier = &bar;
     std::vector<std::thread> ts;
-    for (unsigned t = 0; t < threads; ++t)
-      ts.emplace_back([&, t, b] {
-        threadIdx = {t, 0, 0};
-        blockIdx = {b, 0, 0};
-        blockDim = {threads, 1, 1};
-        k();
-      });
+    for (unsigned t = 0; t < threads; ++t) ts.emplace_back(as_thread, t, b);
     for (auto& t : ts) t.join();
   }
 }
