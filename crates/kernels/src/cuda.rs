@@ -423,14 +423,18 @@ impl CustomOp2 for ConvCuda {
             .permute((0, 2, 3, 1))?
             .contiguous()?
             .reshape((b * ho * wo, o))?;
-        let dcol = dyt.matmul(&w.reshape((o, k))?)?;
-        let dx = g
-            .launch("fer_col2im", &dcol, x.elem_count(), x.elem_count())?
-            .reshape(x.shape())?;
+        // The stem's input is the image batch, which nothing upstream differentiates.
+        let dx = if x.track_op() {
+            let dcol = dyt.matmul(&w.reshape((o, k))?)?;
+            let dx = g.launch("fer_col2im", &dcol, x.elem_count(), x.elem_count())?;
+            Some(dx.reshape(x.shape())?)
+        } else {
+            None
+        };
         let col = g
             .launch("fer_im2col", x, g.col_len(), g.col_len())?
             .reshape((b * ho * wo, k))?;
         let dw = dyt.t()?.matmul(&col)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }

@@ -76,13 +76,20 @@ impl CustomOp2 for Conv2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = geom(x.shape(), w.shape(), self.stride, self.padding)?;
         let (dx, dw) = with_data(dy, |dy| {
-            let dx = with_data(w, |w| Ok(conv::input_grad(&g, dy, w)))?;
+            // The stem's input is the image batch, which nothing upstream differentiates.
+            let dx = if x.track_op() {
+                Some(with_data(w, |w| Ok(conv::input_grad(&g, dy, w)))?)
+            } else {
+                None
+            };
             let dw = with_data(x, |x| Ok(conv::weight_grad(&g, x, dy)))?;
             Ok((dx, dw))
         })?;
-        let dx = Tensor::from_vec(dx, x.shape(), &Device::Cpu)?;
+        let dx = dx
+            .map(|dx| Tensor::from_vec(dx, x.shape(), &Device::Cpu))
+            .transpose()?;
         let dw = Tensor::from_vec(dw, w.shape(), &Device::Cpu)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 

@@ -131,6 +131,31 @@ fn gradients_match_finite_differences() {
     }
 }
 
+/// An input that nothing differentiates (the image batch at the stem) gets no gradient, and
+/// the weight's gradient is the same as when the input is a variable.
+#[test]
+fn untracked_input_gets_no_gradient() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let x = randn(&mut rng, &[2, 3, 9, 9]);
+    let wt = Var::from_tensor(&randn(&mut rng, &[4, 3, 7, 7])).unwrap();
+    let r = randn(&mut rng, &[2, 4, 5, 5]);
+    let loss = |x: &Tensor| {
+        (fer_kernels::conv2d(x, &wt, 2, 3).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let plain = loss(&x).backward().unwrap();
+    assert!(plain.get(&x).is_none());
+    let xv = Var::from_tensor(&x).unwrap();
+    let tracked = loss(&xv).backward().unwrap();
+    assert_eq!(values(tracked.get(&xv).unwrap()).len(), 2 * 3 * 9 * 9);
+    assert_eq!(
+        values(plain.get(&wt).unwrap()),
+        values(tracked.get(&wt).unwrap())
+    );
+}
+
 #[test]
 fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
