@@ -79,6 +79,12 @@ impl Dense {
     }
 
     /// `x: [..., in] -> [..., out]`.
+    /// The layer applied at every position of a map `[B, C, H, W]`: `[B, H*W, out]`, positions
+    /// row-major over (i, j). One fused op on the CPU: the map is read in place, not transposed.
+    pub(crate) fn positions(&self, f: &Tensor) -> Result<Tensor> {
+        fer_kernels::position_projection(f, &self.weight, &self.bias_or_zeros()?)
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // One 2-D matmul over all leading positions: cheaper than a batched broadcast.
         let dims = x.dims();

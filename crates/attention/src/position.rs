@@ -63,11 +63,6 @@ fn check_map(block: &'static str, f: &Tensor, channels: usize) -> Result<(usize,
     Ok((b, h, w))
 }
 
-/// `[B, C, H, W] -> [B, H*W, C]`: one row per spatial position, row-major over (i, j).
-fn positions(f: &Tensor) -> Result<Tensor> {
-    f.flatten_from(2)?.transpose(1, 2)
-}
-
 /// First-level attention over the positions of one feature map.
 ///
 /// `P = conv1x1(F -> d)`, `e_ij = w^T tanh(W p_ij + b)`, `alpha = softmax_ij(e)`,
@@ -98,9 +93,9 @@ impl PositionAttention {
     /// `f: [B, C, H, W]`.
     pub fn forward(&self, f: &Tensor) -> Result<PositionOutput> {
         let (b, h, w) = check_map("PositionAttention", f, self.in_channels)?;
-        let p = self.proj.forward(&positions(f)?)?; // [B, N, d]
-                                                    // Scores, softmax, weighted sum and mean in one op (fer-kernels; candle's ops where the
-                                                    // kernel does not run): score_w's `[a, d]` weight and bias, score_v's `[1, a]` as `[a]`.
+        let p = self.proj.positions(f)?; // [B, N, d]
+                                         // Scores, softmax, weighted sum and mean in one op (fer-kernels; candle's ops where the
+                                         // kernel does not run): score_w's `[a, d]` weight and bias, score_v's `[1, a]` as `[a]`.
         let pool = fer_kernels::position_attention(
             &p,
             self.score_w.weight(),
@@ -136,7 +131,7 @@ impl GlobalPool {
     /// `f: [B, C, H, W]`.
     pub fn forward(&self, f: &Tensor) -> Result<PositionOutput> {
         let (b, h, w) = check_map("GlobalPool", f, self.in_channels)?;
-        let v = self.proj.forward(&positions(f)?)?.mean(1)?;
+        let v = self.proj.positions(f)?.mean(1)?;
         let alpha =
             Tensor::full(1.0 / (h * w) as f64, (b, h, w), f.device())?.to_dtype(f.dtype())?;
         Ok(PositionOutput { v, alpha })

@@ -36,6 +36,12 @@ pub enum KernelError {
         b: Vec<usize>,
         v: Vec<usize>,
     },
+    #[error("fer-kernels position_projection: f {f:?} must be [B, C, H, W] with C, H, W >= 1, w {w:?} [d, C] with d >= 1, b {b:?} [d]")]
+    ProjectionShapes {
+        f: Vec<usize>,
+        w: Vec<usize>,
+        b: Vec<usize>,
+    },
     #[error("fer-kernels {op}: gate pre-activations {gx:?} and {gh:?} must be [B, {gates}h] for a state {state:?} [B, h]")]
     CellShapes {
         op: &'static str,

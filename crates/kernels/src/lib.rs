@@ -12,7 +12,9 @@
 //! max-pool has no backward when kernel and stride differ).
 //!
 //! [`position_attention`] fuses the first-level attention pooling (scores, softmax over
-//! positions, weighted sum and mean) into one op with a hand-written backward; [`lstm_cell`]
+//! positions, weighted sum and mean) into one op with a hand-written backward, and
+//! [`position_projection`] the linear map before it (read from the feature map in place, no
+//! transposed copy); [`lstm_cell`]
 //! and [`gru_cell`] do the same for one step of a PyTorch LSTM / GRU; [`add_relu`] for the
 //! residual block's output.
 //!
@@ -44,9 +46,11 @@ mod pool;
 mod add_relu;
 mod attention;
 mod fused;
+mod project;
 mod rnn_cell;
 pub use add_relu::add_relu;
 pub use attention::{position_attention, AttentionPool};
+pub use project::position_projection;
 pub use rnn_cell::{gru_cell, lstm_cell};
 
 use std::sync::atomic::{AtomicU8, Ordering};
