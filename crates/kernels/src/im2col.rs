@@ -1,5 +1,7 @@
 //! The shape arithmetic of a 2-D convolution and the im2col / col2im transforms of one image.
 
+use std::cell::RefCell;
+
 /// Sizes of one `conv2d(x [B, C, H, W], w [O, C, KH, KW], stride, padding)` (no dilation,
 /// no groups).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,47 +59,62 @@ impl Geom {
     pub(crate) fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
+}
 
-    /// Output indices `o` whose input index `o * stride + k - pad` lies in `0..len`.
-    fn valid(&self, k: usize, len: usize, out_len: usize) -> (usize, usize) {
-        let s = self.stride;
-        let lo = self.pad.saturating_sub(k).div_ceil(s).min(out_len);
-        // Largest o with o * s + k - pad <= len - 1, i.e. o * s <= len - 1 + pad - k.
-        let hi = if len + self.pad > k {
-            ((len - 1 + self.pad - k) / s + 1).min(out_len)
-        } else {
-            0
-        };
-        (lo, hi.max(lo))
-    }
+thread_local! {
+    /// One zero-padded plane, reused from call to call.
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a zero-bordered `(H + 2p) x (W + 2p)` buffer: with it, every column row is a
+/// plain strided read with no bounds logic, which for the 4x4 and 7x7 maps of the deep stages
+/// (rows of a few floats) is most of the cost.
+fn with_padded<R>(g: &Geom, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let len = (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+    PADDED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// Writes image `x` (`[C, H, W]`) as columns into `col`, a `[K, N]` block whose rows are `ld`
 /// apart (so several images can sit side by side in one wider matrix).
 pub(crate) fn im2col(g: &Geom, x: &[f32], col: &mut [f32], ld: usize) {
-    let n_w = g.wo;
-    for c in 0..g.c {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+    let (wp, hw) = (g.w + 2 * g.pad, g.h * g.w);
+    let rows = |plane: &[f32], c: usize, col: &mut [f32]| {
         for ki in 0..g.kh {
-            let (oy_lo, oy_hi) = g.valid(ki, g.h, g.ho);
             for kj in 0..g.kw {
-                let (ox_lo, ox_hi) = g.valid(kj, g.w, g.wo);
                 let row = (c * g.kh + ki) * g.kw + kj;
                 let dst = &mut col[row * ld..row * ld + g.n()];
-                dst[..oy_lo * n_w].fill(0.0);
-                dst[oy_hi * n_w..].fill(0.0);
-                for oy in oy_lo..oy_hi {
-                    let iy = oy * g.stride + ki - g.pad;
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let d = &mut dst[oy * n_w..(oy + 1) * n_w];
-                    d[..ox_lo].fill(0.0);
-                    d[ox_hi..].fill(0.0);
-                    let x0 = ox_lo * g.stride + kj - g.pad;
-                    gather(&mut d[ox_lo..ox_hi], &src[x0..], g.stride);
+                for (oy, d) in dst.chunks_exact_mut(g.wo).enumerate() {
+                    let start = (oy * g.stride + ki) * wp + kj;
+                    gather(d, &plane[start..], g.stride);
                 }
             }
         }
+    };
+    if g.pad == 0 {
+        for c in 0..g.c {
+            rows(&x[c * hw..(c + 1) * hw], c, col);
+        }
+        return;
     }
+    with_padded(g, |padded| {
+        padded.fill(0.0);
+        for c in 0..g.c {
+            let plane = &x[c * hw..(c + 1) * hw];
+            for (y, src) in plane.chunks_exact(g.w).enumerate() {
+                let start = (y + g.pad) * wp + g.pad;
+                padded[start..start + g.w].copy_from_slice(src);
+            }
+            rows(padded, c, col);
+        }
+    });
 }
 
 /// `dst[i] = src[i * stride]`. Rows here are short (a few to a hundred floats), so the
@@ -135,34 +152,51 @@ fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
     }
 }
 
-/// Adds the columns of `col` (`[K, N]`, rows `ld` apart) back onto image gradient `dx`
-/// (`[C, H, W]`), the adjoint of [`im2col`].
+/// Writes into image gradient `dx` (`[C, H, W]`) the sum of the columns of `col` (`[K, N]`,
+/// rows `ld` apart) at the positions they were read from: the adjoint of [`im2col`]. `dx` is
+/// overwritten, so it need not start at zero.
 pub(crate) fn col2im(g: &Geom, col: &[f32], ld: usize, dx: &mut [f32]) {
-    let n_w = g.wo;
-    for c in 0..g.c {
-        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+    let (wp, hw) = (g.w + 2 * g.pad, g.h * g.w);
+    let rows = |acc: &mut [f32], c: usize| {
+        acc.fill(0.0);
         for ki in 0..g.kh {
-            let (oy_lo, oy_hi) = g.valid(ki, g.h, g.ho);
             for kj in 0..g.kw {
-                let (ox_lo, ox_hi) = g.valid(kj, g.w, g.wo);
                 let row = (c * g.kh + ki) * g.kw + kj;
                 let src = &col[row * ld..row * ld + g.n()];
-                for oy in oy_lo..oy_hi {
-                    let iy = oy * g.stride + ki - g.pad;
-                    let d = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    let s = &src[oy * n_w + ox_lo..oy * n_w + ox_hi];
-                    let x0 = ox_lo * g.stride + kj - g.pad;
-                    if g.stride == 1 {
-                        for (v, s) in d[x0..x0 + s.len()].iter_mut().zip(s) {
-                            *v += *s;
-                        }
-                    } else {
-                        for (v, s) in d[x0..].iter_mut().step_by(g.stride).zip(s) {
-                            *v += *s;
-                        }
-                    }
+                for (oy, s) in src.chunks_exact(g.wo).enumerate() {
+                    let start = (oy * g.stride + ki) * wp + kj;
+                    scatter_add(&mut acc[start..], s, g.stride);
                 }
             }
+        }
+    };
+    if g.pad == 0 {
+        for (c, plane) in dx.chunks_exact_mut(hw).take(g.c).enumerate() {
+            rows(plane, c);
+        }
+        return;
+    }
+    with_padded(g, |padded| {
+        for (c, plane) in dx.chunks_exact_mut(hw).take(g.c).enumerate() {
+            rows(padded, c);
+            for (y, dst) in plane.chunks_exact_mut(g.w).enumerate() {
+                let start = (y + g.pad) * wp + g.pad;
+                dst.copy_from_slice(&padded[start..start + g.w]);
+            }
+        }
+    });
+}
+
+/// `dst[i * stride] += src[i]`.
+#[inline(always)]
+fn scatter_add(dst: &mut [f32], src: &[f32], stride: usize) {
+    if stride == 1 {
+        for (d, s) in dst[..src.len()].iter_mut().zip(src) {
+            *d += *s;
+        }
+    } else {
+        for (d, s) in dst.iter_mut().step_by(stride).zip(src) {
+            *d += *s;
         }
     }
 }
@@ -212,7 +246,8 @@ mod tests {
             assert_eq!(col, naive_im2col(&g, &x), "{h}x{w} k{k} s{s} p{p}");
             // <im2col(x), y> == <x, col2im(y)> for any y.
             let y: Vec<f32> = (0..col.len()).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
-            let mut dx = vec![0.0; g.image_len()];
+            // col2im overwrites: whatever dx held before must not leak through.
+            let mut dx = vec![f32::NAN; g.image_len()];
             col2im(&g, &y, g.n(), &mut dx);
             let lhs: f32 = col.iter().zip(&y).map(|(a, b)| a * b).sum();
             let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
