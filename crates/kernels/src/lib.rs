@@ -7,6 +7,7 @@
 //!
 //! [`batch_norm_train`] does the same for training-mode BatchNorm: two passes forward (statistics,
 //! normalisation) and two backward, where candle's module chains a dozen generic ops.
+//! [`conv_bn_train`] fuses the two (and the ReLU), so the conv output is no graph node of its own.
 //!
 //! [`max_pool_3x3_s2`] is the ImageNet stem's max-pool with an argmax backward (candle's own
 //! max-pool has no backward when kernel and stride differ).
@@ -34,6 +35,7 @@
 mod batch_norm;
 pub mod check;
 mod conv;
+mod conv_bn;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
@@ -57,6 +59,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Result, Tensor, D};
 
+pub use conv_bn::conv_bn_train;
 pub use error::KernelError;
 
 const UNSET: u8 = 0;

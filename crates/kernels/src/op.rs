@@ -31,7 +31,7 @@ fn dims4(shape: &Shape, op: &'static str, what: &'static str) -> Result<[usize; 
     }
 }
 
-fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
+pub(crate) fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
     let (xd, wd) = (dims4(x, "conv2d", "input")?, dims4(w, "conv2d", "weight")?);
     Geom::new(xd, wd, stride, padding).ok_or_else(|| {
         KernelError::ConvShapes {

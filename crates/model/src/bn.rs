@@ -41,15 +41,36 @@ impl BatchNorm {
             return if relu { y.relu() } else { Ok(y) };
         }
         let (y, stats) = fer_kernels::batch_norm_train(x, &self.weight, &self.bias, EPS, relu)?;
-        let m = (x.elem_count() / x.dim(1)?) as f64;
+        self.update_running(&y, stats)?;
+        Ok(y)
+    }
+
+    /// Training mode on `conv2d(x, w, stride, padding)`, fused with the conv where the kernels
+    /// run (`fer_kernels::conv_bn_train`).
+    pub(crate) fn train_after_conv(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let (y, stats) =
+            fer_kernels::conv_bn_train(x, w, stride, padding, &self.weight, &self.bias, EPS, relu)?;
+        self.update_running(&y, stats)?;
+        Ok(y)
+    }
+
+    /// Moves the running averages towards the batch statistics of output `y`.
+    fn update_running(&self, y: &Tensor, stats: fer_kernels::BatchStats) -> Result<()> {
+        let m = (y.elem_count() / y.dim(1)?) as f64;
         let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
         let mean =
             ((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (stats.mean * MOMENTUM)?)?;
         let var = ((self.running_var.as_tensor() * (1.0 - MOMENTUM))?
             + (stats.var * (MOMENTUM * unbiased))?)?;
         self.running_mean.set(&mean)?;
-        self.running_var.set(&var)?;
-        Ok(y)
+        self.running_var.set(&var)
     }
 
     fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {

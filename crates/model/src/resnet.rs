@@ -54,12 +54,26 @@ struct ConvBn {
 
 impl ConvBn {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train, false)
+        self.run(x, train, false)
     }
 
     /// Conv, BatchNorm, ReLU.
     fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train, true)
+        self.run(x, train, true)
+    }
+
+    fn run(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let Conv {
+            weight,
+            stride,
+            padding,
+        } = &self.conv;
+        if train {
+            // One op where the kernels run: the conv output is no graph node of its own.
+            self.bn.train_after_conv(x, weight, *stride, *padding, relu)
+        } else {
+            self.bn.forward(&self.conv.forward(x)?, false, relu)
+        }
     }
 }
 
