@@ -7,6 +7,7 @@
 //! the BatchNorm backward's input gradient goes straight into the conv backward. The conv output
 //! is kept inside the op for the backward, as the graph kept it before.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
@@ -16,7 +17,7 @@ use crate::error::KernelError;
 use crate::fused::slice;
 use crate::im2col::Geom;
 use crate::op::{geom, with_data};
-use crate::{conv, conv2d, runs_here, BatchStats};
+use crate::{conv, conv2d, pool, runs_here, BatchStats};
 
 /// `batch_norm_train(conv2d(x, w, stride, padding), gamma, beta, eps, relu)`: the same values,
 /// statistics and gradients (in `x`, `w`, `gamma` and `beta`), as one op on the CPU in f32
@@ -50,6 +51,41 @@ pub fn conv_bn_train(
         let y = conv2d(x, w, stride, padding)?;
         return crate::batch_norm_train(&y, gamma, beta, eps, relu);
     }
+    fused(x, w, stride, padding, gamma, beta, eps, relu, false)
+}
+
+/// The ImageNet stem in training mode: [`conv_bn_train`] with the ReLU, then
+/// [`crate::max_pool_3x3_s2`], as one op (the BatchNorm output, the largest map of the network,
+/// is then no graph node of its own). Like the max-pool, only the CPU kernel is here: elsewhere
+/// it returns `None` and the caller composes its own.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_relu_pool_train(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Option<(Tensor, BatchStats)>> {
+    if !(runs_here(x, &[w, gamma, beta]) && w.rank() == 4) {
+        return Ok(None);
+    }
+    fused(x, w, stride, padding, gamma, beta, eps, true, true).map(Some)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fused(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    pool: bool,
+) -> Result<(Tensor, BatchStats)> {
     let g = geom(x.shape(), w.shape(), stride, padding)?;
     if gamma.dims() != [g.o] || beta.dims() != [g.o] {
         return Err(KernelError::Affine {
@@ -66,6 +102,7 @@ pub fn conv_bn_train(
         g,
         eps,
         relu,
+        pool,
         saved: OnceLock::new(),
         stats: Arc::clone(&stats),
     };
@@ -76,6 +113,7 @@ pub fn conv_bn_train(
     let stats = BatchStats {
         mean: Tensor::from_slice(mean, g.o, x.device())?,
         var: Tensor::from_slice(var, g.o, x.device())?,
+        count: g.b * g.n(),
     };
     Ok((y, stats))
 }
@@ -85,12 +123,17 @@ struct Saved {
     y: Vec<f32>,
     mean: Vec<f32>,
     invstd: Vec<f32>,
+    /// The BatchNorm output before the max-pool (pooled ops only): the pool's backward and the
+    /// ReLU mask read it.
+    z: Option<Vec<f32>>,
 }
 
 struct ConvBnTrain {
     g: Geom,
     eps: f64,
     relu: bool,
+    /// A 3x3 stride-2 max-pool after the ReLU.
+    pool: bool,
     saved: OnceLock<Saved>,
     /// The batch mean and biased variance, for the caller's running averages.
     stats: Arc<OnceLock<(Vec<f32>, Vec<f32>)>>,
@@ -105,15 +148,32 @@ impl ConvBnTrain {
         }
     }
 
-    /// The conv output and its statistics.
-    fn conv_and_stats(&self, x: &[f32], w: &[f32]) -> (Saved, Vec<f32>) {
+    /// The whole forward: what the backward keeps, the batch variance and the op's output.
+    fn run(&self, x: &[f32], w: &[f32], gb: &[f32]) -> (Saved, Vec<f32>, Vec<f32>) {
         let y = conv::forward(&self.g, x, w);
         let (mean, var) = batch_norm::stats(self.dims(), &y);
-        let invstd = var
+        let invstd: Vec<f32> = var
             .iter()
             .map(|v| 1.0 / (*v as f64 + self.eps).sqrt() as f32)
             .collect();
-        (Saved { y, mean, invstd }, var)
+        let (gamma, beta) = gb.split_at(self.g.o);
+        let (scale, shift) = batch_norm::affine(&mean, &invstd, gamma, beta);
+        let z = batch_norm::apply(self.dims(), &y, &scale, &shift, self.relu);
+        let mut saved = Saved {
+            y,
+            mean,
+            invstd,
+            z: None,
+        };
+        let out = if self.pool {
+            let g = &self.g;
+            let pooled = pool::forward(g.b * g.o, g.ho, g.wo, &z);
+            saved.z = Some(z);
+            pooled
+        } else {
+            z
+        };
+        (saved, var, out)
     }
 }
 
@@ -132,14 +192,16 @@ impl CustomOp3 for ConvBnTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, gb) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (gamma, beta) = gb.split_at(self.g.o);
-        let (saved, var) = self.conv_and_stats(x, w);
-        let (scale, shift) = batch_norm::affine(&saved.mean, &saved.invstd, gamma, beta);
-        let z = batch_norm::apply(self.dims(), &saved.y, &scale, &shift, self.relu);
+        let (saved, var, out) = self.run(x, w, gb);
         let _ = self.stats.set((saved.mean.clone(), var));
         let _ = self.saved.set(saved);
         let g = &self.g;
-        Ok((CpuStorage::F32(z), Shape::from((g.b, g.o, g.ho, g.wo))))
+        let (h, w) = if self.pool {
+            (pool::out_len(g.ho), pool::out_len(g.wo))
+        } else {
+            (g.ho, g.wo)
+        };
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.o, h, w))))
     }
 
     fn bwd(
@@ -148,37 +210,44 @@ impl CustomOp3 for ConvBnTrain {
         w: &Tensor,
         gb: &Tensor,
         res: &Tensor,
-        dz: &Tensor,
+        dres: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
         // The stem's input is the image batch, which nothing upstream differentiates.
         let track_x = x.track_op();
         let (dx, dw, dgb) = with_data(x, |x| {
             with_data(w, |w| {
-                let recomputed;
-                let saved = match self.saved.get() {
-                    Some(s) => s,
-                    None => {
-                        recomputed = self.conv_and_stats(x, w).0;
-                        &recomputed
-                    }
-                };
-                let (dy, dgamma, dbeta) = with_data(gb, |gb| {
-                    with_data(res, |z| {
-                        with_data(dz, |dz| {
+                with_data(gb, |gb| {
+                    let recomputed;
+                    let saved = match self.saved.get() {
+                        Some(s) => s,
+                        None => {
+                            recomputed = self.run(x, w, gb).0;
+                            &recomputed
+                        }
+                    };
+                    let (dy, dgamma, dbeta) = with_data(res, |res| {
+                        with_data(dres, |dres| {
+                            let d = self.dims();
+                            let (dz, z) = match &saved.z {
+                                Some(z) => {
+                                    let dz = pool::backward(d.b * d.c, g.ho, g.wo, z, dres);
+                                    (Cow::Owned(dz), z.as_slice())
+                                }
+                                None => (Cow::Borrowed(dres), res),
+                            };
                             let relu_out = self.relu.then_some(z);
                             let (mean, invstd) = (&saved.mean, &saved.invstd);
                             let gamma = &gb[..g.o];
-                            let d = self.dims();
                             Ok(batch_norm::backward(
-                                d, &saved.y, dz, relu_out, mean, invstd, gamma,
+                                d, &saved.y, &dz, relu_out, mean, invstd, gamma,
                             ))
                         })
-                    })
-                })?;
-                let dx = track_x.then(|| conv::input_grad(&g, &dy, w));
-                let dw = conv::weight_grad(&g, x, &dy);
-                Ok((dx, dw, [dgamma, dbeta].concat()))
+                    })?;
+                    let dx = track_x.then(|| conv::input_grad(&g, &dy, w));
+                    let dw = conv::weight_grad(&g, x, &dy);
+                    Ok((dx, dw, [dgamma, dbeta].concat()))
+                })
             })
         })?;
         let dev = &Device::Cpu;

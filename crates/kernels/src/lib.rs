@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Result, Tensor, D};
 
-pub use conv_bn::conv_bn_train;
+pub use conv_bn::{conv_bn_relu_pool_train, conv_bn_train};
 pub use error::KernelError;
 
 const UNSET: u8 = 0;
@@ -126,6 +126,9 @@ pub struct BatchStats {
     pub mean: Tensor,
     /// Biased variance over batch and positions, `[C]` (the one the normalisation divides by).
     pub var: Tensor,
+    /// Values per channel the statistics cover (batch times positions), for the unbiased
+    /// variance of running averages.
+    pub count: usize,
 }
 
 /// Training-mode BatchNorm of `x [B, C, H, W]`: `(x - mean) / sqrt(var + eps) * gamma + beta`
@@ -162,6 +165,7 @@ pub fn batch_norm_train(
     let stats = BatchStats {
         mean: Tensor::from_slice(&mean, c, x.device())?,
         var: Tensor::from_vec(var, c, x.device())?,
+        count: dims.m(),
     };
     let op = op::BatchNormTrain {
         dims,
@@ -199,6 +203,7 @@ fn batch_norm_plain(
     let stats = BatchStats {
         mean: mean.flatten_all()?.detach(),
         var: var.flatten_all()?.detach(),
+        count: x.elem_count() / c.max(1),
     };
     Ok((y, stats))
 }

@@ -127,3 +127,46 @@ fn gradients_match_finite_differences_and_skip_an_untracked_input() {
         values(grads.get(&w).unwrap())
     );
 }
+
+#[test]
+fn pooled_stem_matches_conv_bn_then_max_pool() {
+    let mut rng = ChaCha8Rng::seed_from_u64(33);
+    for &(b, c, h, w, o, k, s, p) in &[
+        (2, 3, 15, 15, 4, 7, 2, 3),
+        (1, 2, 9, 6, 3, 3, 1, 1),
+        (3, 3, 12, 11, 5, 7, 2, 3),
+    ] {
+        let x = Var::from_tensor(&uniform(&mut rng, &[b, c, h, w], -1.0, 1.0)).unwrap();
+        let wt = Var::from_tensor(&uniform(&mut rng, &[o, c, k, k], -0.5, 0.5)).unwrap();
+        let gamma = Var::from_tensor(&uniform(&mut rng, &[o], 0.5, 1.5)).unwrap();
+        let beta = Var::from_tensor(&uniform(&mut rng, &[o], -0.5, 0.5)).unwrap();
+        let (fused, fstats) =
+            fer_kernels::conv_bn_relu_pool_train(&x, &wt, s, p, &gamma, &beta, 1e-5)
+                .unwrap()
+                .expect("CPU f32 runs the kernel");
+        let (z, astats) =
+            fer_kernels::conv_bn_train(&x, &wt, s, p, &gamma, &beta, 1e-5, true).unwrap();
+        let apart = fer_kernels::max_pool_3x3_s2(&z).unwrap().unwrap();
+        let case = format!("{b}x{c}x{h}x{w} k{k} s{s} p{p}");
+        assert_eq!(fused.dims(), apart.dims(), "{case}");
+        assert!(rel_diff(&fused, &apart) < 1e-6, "{case} output");
+        assert!(rel_diff(&fstats.var, &astats.var) < 1e-6, "{case} var");
+        let r = uniform(&mut rng, fused.dims(), -1.0, 1.0);
+        let gf = (&fused * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let ga = (&apart * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("w", &wt), ("gamma", &gamma), ("beta", &beta)] {
+            let (f, a) = (gf.get(v).unwrap(), ga.get(v).unwrap());
+            assert!(rel_diff(f, a) < 1e-5, "{case} d{name}: {}", rel_diff(f, a));
+        }
+    }
+}

@@ -41,7 +41,7 @@ impl BatchNorm {
             return if relu { y.relu() } else { Ok(y) };
         }
         let (y, stats) = fer_kernels::batch_norm_train(x, &self.weight, &self.bias, EPS, relu)?;
-        self.update_running(&y, stats)?;
+        self.update_running(stats)?;
         Ok(y)
     }
 
@@ -57,13 +57,38 @@ impl BatchNorm {
     ) -> Result<Tensor> {
         let (y, stats) =
             fer_kernels::conv_bn_train(x, w, stride, padding, &self.weight, &self.bias, EPS, relu)?;
-        self.update_running(&y, stats)?;
+        self.update_running(stats)?;
         Ok(y)
     }
 
-    /// Moves the running averages towards the batch statistics of output `y`.
-    fn update_running(&self, y: &Tensor, stats: fer_kernels::BatchStats) -> Result<()> {
-        let m = (y.elem_count() / y.dim(1)?) as f64;
+    /// [`Self::train_after_conv`] with the ReLU, then the stem's 3x3 stride-2 max-pool, as one
+    /// op where the kernels run (`fer_kernels::conv_bn_relu_pool_train`); `None` elsewhere.
+    pub(crate) fn train_relu_pool_after_conv(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Option<Tensor>> {
+        let Some((y, stats)) = fer_kernels::conv_bn_relu_pool_train(
+            x,
+            w,
+            stride,
+            padding,
+            &self.weight,
+            &self.bias,
+            EPS,
+        )?
+        else {
+            return Ok(None);
+        };
+        self.update_running(stats)?;
+        Ok(Some(y))
+    }
+
+    /// Moves the running averages towards a batch's statistics.
+    fn update_running(&self, stats: fer_kernels::BatchStats) -> Result<()> {
+        let m = stats.count as f64;
         let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
         let mean =
             ((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (stats.mean * MOMENTUM)?)?;

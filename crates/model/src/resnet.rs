@@ -263,13 +263,11 @@ impl ResNet {
     /// `x`: `[B, 3, S, S]`. Returns the tapped maps, shallow to deep. `train` selects batch
     /// statistics (and updates the running ones) in every BatchNorm.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let mut x = self.stem.forward_relu(x, train)?;
-        if self.max_pool {
-            x = match fer_kernels::max_pool_3x3_s2(&x)? {
-                Some(y) => y,
-                None => max_pool_3x3_s2(&x)?,
-            };
-        }
+        let mut x = if self.max_pool {
+            self.stem_pooled(x, train)?
+        } else {
+            self.stem.forward_relu(x, train)?
+        };
         let mut out = Vec::with_capacity(self.taps.len());
         for (s, stage) in self.stages.iter().enumerate() {
             for block in stage {
@@ -280,6 +278,32 @@ impl ResNet {
             }
         }
         Ok(out)
+    }
+}
+
+impl ResNet {
+    /// Stem conv, BatchNorm, ReLU and the 3x3 stride-2 max-pool; in training one op where the
+    /// kernels run.
+    fn stem_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let Conv {
+            weight,
+            stride,
+            padding,
+        } = &self.stem.conv;
+        if train {
+            let pooled = self
+                .stem
+                .bn
+                .train_relu_pool_after_conv(x, weight, *stride, *padding)?;
+            if let Some(y) = pooled {
+                return Ok(y);
+            }
+        }
+        let x = self.stem.forward_relu(x, train)?;
+        match fer_kernels::max_pool_3x3_s2(&x)? {
+            Some(y) => Ok(y),
+            None => max_pool_3x3_s2(&x),
+        }
     }
 }
 
