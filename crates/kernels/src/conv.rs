@@ -64,27 +64,58 @@ fn plan(g: &Geom) -> Plan {
     }
 }
 
-/// Runs `f(first_image, images, out_block)` over the blocks, where `out` holds `per_image`
-/// floats per image; in parallel when there are enough blocks, else one after the other with
-/// a parallel GEMM inside.
+/// Runs `f(first_image, images, out_block, kept_block)` over the blocks, where `out` holds
+/// `per_image` floats per image and `kept` (when given) `kept_per_image`; in parallel when there
+/// are enough blocks, else one after the other with a parallel GEMM inside.
 fn blocks_into(
     p: &Plan,
     out: &mut [f32],
     per_image: usize,
-    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+    kept: Option<(&mut [f32], usize)>,
+    f: impl Fn(usize, usize, &mut [f32], Option<&mut [f32]>) + Sync,
 ) {
     if out.is_empty() || per_image == 0 {
         return;
     }
-    let run = |(i, chunk): (usize, &mut [f32])| f(i * p.per_block, chunk.len() / per_image, chunk);
-    let chunks = out.chunks_mut(p.per_block * per_image).enumerate();
-    if p.gemm_threads > 1 {
-        chunks.for_each(run);
-    } else {
-        out.par_chunks_mut(p.per_block * per_image)
-            .enumerate()
-            .for_each(run);
+    let size = p.per_block * per_image;
+    let run = |i: usize, chunk: &mut [f32], k: Option<&mut [f32]>| {
+        f(i * p.per_block, chunk.len() / per_image, chunk, k)
+    };
+    let sequential = p.gemm_threads > 1;
+    match kept {
+        Some((buf, kept_per_image)) => {
+            let ksize = p.per_block * kept_per_image;
+            if sequential {
+                let chunks = out.chunks_mut(size).zip(buf.chunks_mut(ksize));
+                chunks
+                    .enumerate()
+                    .for_each(|(i, (c, k))| run(i, c, Some(k)));
+            } else {
+                let chunks = out.par_chunks_mut(size).zip(buf.par_chunks_mut(ksize));
+                chunks
+                    .enumerate()
+                    .for_each(|(i, (c, k))| run(i, c, Some(k)));
+            }
+        }
+        None if sequential => {
+            let chunks = out.chunks_mut(size).enumerate();
+            chunks.for_each(|(i, c)| run(i, c, None));
+        }
+        None => {
+            let chunks = out.par_chunks_mut(size).enumerate();
+            chunks.for_each(|(i, c)| run(i, c, None));
+        }
     }
+}
+
+/// Largest column matrix (all images) the forward keeps for the weight gradient, in floats
+/// (16 MiB): the deep stages' small maps, whose im2col costs most per float, fit; the large
+/// maps of the first stages would cost hundreds of MiB and are rebuilt instead.
+const KEEP_COLS: usize = 4 << 20;
+
+/// Whether [`forward_keeping`] keeps this conv's column matrices.
+fn keeps_columns(g: &Geom) -> bool {
+    !g.is_pointwise() && g.k() * g.n() * g.b <= KEEP_COLS
 }
 
 /// Fills `col` (`[K, nb * N]`) with the column matrices of images `first..first + nb`.
@@ -123,18 +154,34 @@ fn images_to_side(g: &Geom, nb: usize, images: &[f32], side: &mut [f32]) {
 
 /// `y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, KH, KW])`.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    forward_into(g, x, w, None)
+}
+
+/// [`forward`], also returning the column matrices when they are small enough to keep
+/// ([`KEEP_COLS`]), for [`weight_grad`] to reuse instead of rebuilding them.
+pub(crate) fn forward_keeping(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
+    if !keeps_columns(g) {
+        return (forward(g, x, w), None);
+    }
+    let mut cols = vec![0.0; g.k() * g.n() * g.b];
+    let y = forward_into(g, x, w, Some(&mut cols));
+    (y, Some(cols))
+}
+
+fn forward_into(g: &Geom, x: &[f32], w: &[f32], keep: Option<&mut [f32]>) -> Vec<f32> {
     let (n, on) = (g.n(), g.o * g.n());
     let p = plan(g);
     let wm = Mat::row_major(w, g.o, g.k());
     let mut y = vec![0.0; g.b * on];
-    blocks_into(&p, &mut y, on, |first, nb, yb| {
+    let keep = keep.map(|buf| (buf, g.k() * n));
+    blocks_into(&p, &mut y, on, keep, |first, nb, yb, kept| {
         let ld = nb * n;
         if g.is_pointwise() && nb == 1 {
             let img = &x[first * g.image_len()..(first + 1) * g.image_len()];
             gemm(yb, false, wm, Mat::row_major(img, g.c, n), p.gemm_threads);
             return;
         }
-        scratch(&COLS, g.k() * ld, |col| {
+        let mut product = |col: &mut [f32]| {
             columns(g, x, first, nb, col);
             let cm = Mat::row_major(col, g.k(), ld);
             if nb == 1 {
@@ -145,7 +192,11 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                     side_to_images(g, nb, out, yb);
                 });
             }
-        });
+        };
+        match kept {
+            Some(col) => product(col),
+            None => scratch(&COLS, g.k() * ld, product),
+        }
     });
     y
 }
@@ -175,7 +226,7 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let p = plan(g);
     let wt = Mat::row_major(w, g.o, g.k()).t();
     let mut dx = vec![0.0; g.b * il];
-    blocks_into(&p, &mut dx, il, |first, nb, dxb| {
+    blocks_into(&p, &mut dx, il, None, |first, nb, dxb, _| {
         let ld = nb * n;
         with_dy_block(g, dy, first, nb, |dyb| {
             let dym = Mat::row_major(dyb, g.o, ld);
@@ -202,8 +253,9 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// `dw [O, C, KH, KW]` from `x` and `dy`: the sum over images of `dy col^T`.
-pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+/// `dw [O, C, KH, KW]` from `x` and `dy`: the sum over images of `dy col^T`, with the column
+/// matrices `kept` by [`forward_keeping`] when there are any.
+pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], kept: Option<&[f32]>) -> Vec<f32> {
     let n = g.n();
     let p = plan(g);
     let block = |i: usize| {
@@ -224,11 +276,18 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 );
                 return;
             }
-            scratch(&COLS, g.k() * ld, |col| {
-                columns(g, x, first, nb, col);
-                let cm = Mat::row_major(col, g.k(), ld).t();
-                gemm(&mut dw, false, dym, cm, p.gemm_threads);
-            });
+            let kn = g.k() * n;
+            match kept {
+                Some(all) => {
+                    let cm = Mat::row_major(&all[first * kn..(first + nb) * kn], g.k(), ld).t();
+                    gemm(&mut dw, false, dym, cm, p.gemm_threads);
+                }
+                None => scratch(&COLS, g.k() * ld, |col| {
+                    columns(g, x, first, nb, col);
+                    let cm = Mat::row_major(col, g.k(), ld).t();
+                    gemm(&mut dw, false, dym, cm, p.gemm_threads);
+                }),
+            }
         });
         dw
     };
@@ -245,4 +304,34 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
     }
     dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kept column matrices give the same output and weight gradient as rebuilt ones, one block
+    /// or several, and large convs keep none.
+    #[test]
+    fn kept_columns_match_rebuilt_ones() {
+        let vals = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
+        for (x, w, s, p) in [
+            ([1, 3, 7, 6], [4, 3, 3, 3], 1, 1),
+            ([5, 2, 9, 9], [3, 2, 3, 3], 2, 1),
+            ([32, 4, 4, 4], [6, 4, 3, 3], 1, 1),
+        ] {
+            let g = Geom::new(x, w, s, p).unwrap();
+            let (xs, ws) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
+            let dy = vals(g.b * g.o * g.n(), 0.23);
+            let (y, kept) = forward_keeping(&g, &xs, &ws);
+            assert_eq!(y, forward(&g, &xs, &ws));
+            let kept = kept.expect("small enough to keep");
+            assert_eq!(
+                weight_grad(&g, &xs, &dy, Some(&kept)),
+                weight_grad(&g, &xs, &dy, None)
+            );
+        }
+        let big = Geom::new([64, 64, 28, 28], [64, 64, 3, 3], 1, 1).unwrap();
+        assert!(!keeps_columns(&big));
+    }
 }

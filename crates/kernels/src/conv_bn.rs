@@ -123,6 +123,8 @@ struct Saved {
     y: Vec<f32>,
     mean: Vec<f32>,
     invstd: Vec<f32>,
+    /// The conv's column matrices, when small enough to keep (see `conv::forward_keeping`).
+    cols: Option<Vec<f32>>,
     /// The BatchNorm output before the max-pool (pooled ops only): the pool's backward and the
     /// ReLU mask read it.
     z: Option<Vec<f32>>,
@@ -150,7 +152,7 @@ impl ConvBnTrain {
 
     /// The whole forward: what the backward keeps, the batch variance and the op's output.
     fn run(&self, x: &[f32], w: &[f32], gb: &[f32]) -> (Saved, Vec<f32>, Vec<f32>) {
-        let y = conv::forward(&self.g, x, w);
+        let (y, cols) = conv::forward_keeping(&self.g, x, w);
         let (mean, var) = batch_norm::stats(self.dims(), &y);
         let invstd: Vec<f32> = var
             .iter()
@@ -163,6 +165,7 @@ impl ConvBnTrain {
             y,
             mean,
             invstd,
+            cols,
             z: None,
         };
         let out = if self.pool {
@@ -245,7 +248,7 @@ impl CustomOp3 for ConvBnTrain {
                         })
                     })?;
                     let dx = track_x.then(|| conv::input_grad(&g, &dy, w));
-                    let dw = conv::weight_grad(&g, x, &dy);
+                    let dw = conv::weight_grad(&g, x, &dy, saved.cols.as_deref());
                     Ok((dx, dw, [dgamma, dbeta].concat()))
                 })
             })

@@ -82,7 +82,7 @@ impl CustomOp2 for Conv2d {
             } else {
                 None
             };
-            let dw = with_data(x, |x| Ok(conv::weight_grad(&g, x, dy)))?;
+            let dw = with_data(x, |x| Ok(conv::weight_grad(&g, x, dy, None)))?;
             Ok((dx, dw))
         })?;
         let dx = dx
