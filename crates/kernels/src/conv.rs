@@ -7,11 +7,10 @@
 //! call to call: fresh allocations of this size cost page faults and zeroing on every step.
 
 use std::cell::RefCell;
-use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use crate::im2col::{col2im, im2col, Geom};
+use crate::im2col::{col2im, im2col, scratch, Geom};
 use crate::matmul::{gemm, Mat};
 
 /// Columns per GEMM worth aiming for: below this the kernel's packing overhead dominates; above
@@ -22,24 +21,6 @@ const TARGET_COLS: usize = 768;
 thread_local! {
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static TMP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on `len` floats of this thread's scratch buffer `key` (contents unspecified).
-fn scratch<R>(
-    key: &'static LocalKey<RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-            f(&mut v[..len])
-        }
-        // Re-entered on this thread (work stealing inside a parallel GEMM): use a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
-    })
 }
 
 /// How the batch is cut into blocks and how many threads each block's GEMM may use.

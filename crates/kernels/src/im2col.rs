@@ -1,6 +1,7 @@
 //! The shape arithmetic of a 2-D convolution and the im2col / col2im transforms of one image.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Sizes of one `conv2d(x [B, C, H, W], w [O, C, KH, KW], stride, padding)` (no dilation,
 /// no groups).
@@ -66,20 +67,29 @@ thread_local! {
     static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on a zero-bordered `(H + 2p) x (W + 2p)` buffer: with it, every column row is a
-/// plain strided read with no bounds logic, which for the 4x4 and 7x7 maps of the deep stages
-/// (rows of a few floats) is most of the cost.
-fn with_padded<R>(g: &Geom, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let len = (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
-    PADDED.with(|cell| match cell.try_borrow_mut() {
+/// Runs `f` on `len` floats of this thread's scratch buffer `key` (contents unspecified).
+pub(crate) fn scratch<R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => {
             if v.len() < len {
                 v.resize(len, 0.0);
             }
             f(&mut v[..len])
         }
+        // Re-entered on this thread (work stealing inside a parallel GEMM): use a fresh buffer.
         Err(_) => f(&mut vec![0.0; len]),
     })
+}
+
+/// Runs `f` on a `(H + 2p) x (W + 2p)` buffer (contents unspecified; the callers zero what they
+/// read): with a zero border, every column row is a plain strided read with no bounds logic,
+/// which for the 4x4 and 7x7 maps of the deep stages (rows of a few floats) is most of the cost.
+fn with_padded<R>(g: &Geom, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    scratch(&PADDED, (g.h + 2 * g.pad) * (g.w + 2 * g.pad), f)
 }
 
 /// Writes image `x` (`[C, H, W]`) as columns into `col`, a `[K, N]` block whose rows are `ld`
