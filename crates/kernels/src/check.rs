@@ -68,6 +68,16 @@ pub const CASES: &[Case] = &[
         run: |v| batch_norm(v, true),
     },
     Case {
+        op: "conv_bn_train 3x3 s2 p1 + relu",
+        shapes: &[&[2, 5, 11, 11], &[6, 5, 3, 3], &[6], &[6], &[2, 6, 6, 6]],
+        run: |v| conv_bn(v, 2, 1),
+    },
+    Case {
+        op: "conv_bn_relu_pool_train 7x7 s2 p3",
+        shapes: &[&[2, 3, 29, 29], &[8, 3, 7, 7], &[8], &[8], &[2, 8, 8, 8]],
+        run: conv_bn_pool,
+    },
+    Case {
         op: "max_pool_3x3_s2",
         shapes: &[&[2, 4, 15, 14], &[2, 4, 8, 7]],
         run: max_pool,
@@ -81,6 +91,11 @@ pub const CASES: &[Case] = &[
         op: "position_attention",
         shapes: &[&[2, 13, 6], &[5, 6], &[5], &[5], &[2, 12], &[2, 13]],
         run: attention,
+    },
+    Case {
+        op: "position_projection",
+        shapes: &[&[2, 6, 5, 3], &[4, 6], &[4], &[2, 15, 4]],
+        run: projection,
     },
     Case {
         op: "lstm_cell",
@@ -119,6 +134,56 @@ fn batch_norm(v: &[Var], relu: bool) -> Result<Vec<(String, Tensor)>> {
         outputs,
         &grads,
         &[("x", x), ("gamma", gamma), ("beta", beta)],
+    )
+}
+
+/// `conv_bn_train(x, w, gamma, beta)` with a ReLU, its statistics and the gradients of
+/// `sum(y * r)`; inputs `[x, w, gamma, beta, r]`.
+fn conv_bn(v: &[Var], stride: usize, padding: usize) -> Result<Vec<(String, Tensor)>> {
+    let [x, w, gamma, beta, r] = v else {
+        unreachable!()
+    };
+    let (y, stats) = crate::conv_bn_train(x, w, stride, padding, gamma, beta, 1e-5, true)?;
+    conv_bn_rows(y, stats, r, [x, w, gamma, beta])
+}
+
+/// The stem op (7x7 stride-2 conv, BatchNorm, ReLU, max-pool); inputs as [`conv_bn`]. Only the
+/// CPU kernel exists: elsewhere it returns nothing and the model composes its own.
+fn conv_bn_pool(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [x, w, gamma, beta, r] = v else {
+        unreachable!()
+    };
+    let Some((y, stats)) = crate::conv_bn_relu_pool_train(x, w, 2, 3, gamma, beta, 1e-5)? else {
+        return Ok(vec![]);
+    };
+    conv_bn_rows(y, stats, r, [x, w, gamma, beta])
+}
+
+fn conv_bn_rows(
+    y: Tensor,
+    stats: crate::BatchStats,
+    r: &Var,
+    [x, w, gamma, beta]: [&Var; 4],
+) -> Result<Vec<(String, Tensor)>> {
+    let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
+    let outputs = vec![
+        ("y".into(), y),
+        ("mean".into(), stats.mean),
+        ("var".into(), stats.var),
+    ];
+    let vars = [("x", x), ("w", w), ("gamma", gamma), ("beta", beta)];
+    with_grads(outputs, &grads, &vars)
+}
+
+/// `position_projection(f, w, b)` and the gradients of `sum(p * r)`; inputs `[f, w, b, r]`.
+fn projection(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [f, w, b, r] = v else { unreachable!() };
+    let p = crate::position_projection(f, w, b)?;
+    let grads = (&p * r.as_tensor())?.sum_all()?.backward()?;
+    with_grads(
+        vec![("p".into(), p)],
+        &grads,
+        &[("f", f), ("w", w), ("b", b)],
     )
 }
 
@@ -276,8 +341,13 @@ mod tests {
         }
         // conv: y + 2 grads; batch norm: y, mean, var + 3 grads; max-pool: y + 1 grad;
         // add_relu: y + 2 grads; attention: ug, alpha + 4 grads; LSTM: h, c + 3 grads;
-        // GRU: h + 3 grads.
-        assert_eq!(rows.len(), 3 * 3 + 2 * 6 + 2 + 3 + 6 + 5 + 4, "{rows:#?}");
+        // GRU: h + 3 grads; conv + batch norm (two cases): y, mean, var + 4 grads; projection:
+        // p + 3 grads.
+        assert_eq!(
+            rows.len(),
+            3 * 3 + 2 * 6 + 2 + 3 + 6 + 5 + 4 + 2 * 7 + 4,
+            "{rows:#?}"
+        );
         for r in &rows {
             assert!(r.rel_err.is_some_and(|e| e <= 1e-6), "{r:?}");
         }
