@@ -90,6 +90,13 @@ fn lanes2_zip3(
     (a.iter().sum(), b.iter().sum())
 }
 
+/// `1 / sqrt(var + eps)` per channel, the square root taken in f64.
+pub(crate) fn invstd(var: &[f32], eps: f64) -> Vec<f32> {
+    var.iter()
+        .map(|v| 1.0 / (*v as f64 + eps).sqrt() as f32)
+        .collect()
+}
+
 /// Per-channel `scale` and `shift` such that `y = x * scale + shift`.
 pub(crate) fn affine(
     mean: &[f32],

@@ -154,10 +154,7 @@ impl ConvBnTrain {
     fn run(&self, x: &[f32], w: &[f32], gb: &[f32]) -> (Saved, Vec<f32>, Vec<f32>) {
         let (y, cols) = conv::forward_keeping(&self.g, x, w);
         let (mean, var) = batch_norm::stats(self.dims(), &y);
-        let invstd: Vec<f32> = var
-            .iter()
-            .map(|v| 1.0 / (*v as f64 + self.eps).sqrt() as f32)
-            .collect();
+        let invstd = batch_norm::invstd(&var, self.eps);
         let (gamma, beta) = gb.split_at(self.g.o);
         let (scale, shift) = batch_norm::affine(&mean, &invstd, gamma, beta);
         let z = batch_norm::apply(self.dims(), &y, &scale, &shift, self.relu);

@@ -158,10 +158,7 @@ pub fn batch_norm_train(
     let x = x.contiguous()?;
     let dims = batch_norm::Dims { b, c, s: h * w };
     let (mean, var) = op::with_data(&x, |x| Ok(batch_norm::stats(dims, x)))?;
-    let invstd = var
-        .iter()
-        .map(|v| 1.0 / (*v as f64 + eps).sqrt() as f32)
-        .collect();
+    let invstd = batch_norm::invstd(&var, eps);
     let stats = BatchStats {
         mean: Tensor::from_slice(&mean, c, x.device())?,
         var: Tensor::from_vec(var, c, x.device())?,
