@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::fused::{runs_here, slice};
+use crate::fused::{relu, runs_here, slice};
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 14;
@@ -69,7 +69,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let y = map2(slice(s1, l1)?, slice(s2, l2)?, |a, b| (a + b).max(0.0));
+        let y = map2(slice(s1, l1)?, slice(s2, l2)?, |a, b| relu(a + b));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

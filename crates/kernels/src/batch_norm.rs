@@ -116,7 +116,6 @@ pub(crate) fn affine(
 
 /// `y = x * scale[c] + shift[c]` (then `max(y, 0)` with `relu`), parallel over images.
 pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
-    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
     let mut y = vec![0f32; x.len()];
     if y.is_empty() {
         return y;
@@ -125,8 +124,11 @@ pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool
         for c in 0..d.c {
             let (sc, sh) = (scale[c], shift[c]);
             let xs = &x[d.plane(b, c)];
-            for (o, &v) in yb[c * d.s..(c + 1) * d.s].iter_mut().zip(xs) {
-                *o = (v * sc + sh).max(floor);
+            let out = yb[c * d.s..(c + 1) * d.s].iter_mut().zip(xs);
+            if relu {
+                out.for_each(|(o, &v)| *o = crate::fused::relu(v * sc + sh));
+            } else {
+                out.for_each(|(o, &v)| *o = v * sc + sh);
             }
         }
     });

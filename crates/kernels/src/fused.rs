@@ -35,3 +35,14 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 pub(crate) fn gemm_threads() -> usize {
     rayon::current_num_threads().max(1)
 }
+
+/// `max(v, 0)` with NaN passing through, as PyTorch's ReLU does (`f32::max` would turn NaN into
+/// 0 and hide a diverged activation from everything downstream).
+#[inline(always)]
+pub(crate) fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}

@@ -54,3 +54,18 @@ fn strided_inputs_and_mismatched_shapes() {
     let e = fer_kernels::add_relu(&a, &a.t().unwrap()).unwrap_err();
     assert!(e.to_string().contains("[6, 4] and [4, 6]"), "{e}");
 }
+
+/// NaN passes through the ReLU, as in PyTorch, instead of becoming 0.
+#[test]
+fn nan_passes_through() {
+    let a = Tensor::new(&[[f32::NAN, -1.0, 2.0]], &Device::Cpu).unwrap();
+    let b = Tensor::new(&[[1f32, -1.0, 1.0]], &Device::Cpu).unwrap();
+    let y: Vec<f32> = fer_kernels::add_relu(&a, &b)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(y[0].is_nan(), "{y:?}");
+    assert_eq!(&y[1..], &[0.0, 3.0]);
+}

@@ -118,3 +118,24 @@ fn input_gradient_matches_finite_differences() {
         );
     }
 }
+
+/// A NaN in one channel makes that channel's statistics and outputs NaN, with or without the
+/// fused ReLU (which must not turn it into 0 and hide it), and leaves the other channels alone.
+#[test]
+fn nan_stays_in_its_channel_and_survives_the_relu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut x = values(&rand(&mut rng, &[2, 3, 4, 4], -1.0, 1.0));
+    x[5] = f32::NAN; // image 0, channel 0
+    let x = Tensor::from_vec(x, (2, 3, 4, 4), &Device::Cpu).unwrap();
+    let g = rand(&mut rng, &[3], 0.5, 1.5);
+    let be = rand(&mut rng, &[3], -0.5, 0.5);
+    for relu in [false, true] {
+        let (y, stats) = fer_kernels::batch_norm_train(&x, &g, &be, 1e-5, relu).unwrap();
+        let y = values(&y);
+        for (i, v) in y.iter().enumerate() {
+            let channel = (i / 16) % 3;
+            assert_eq!(v.is_nan(), channel == 0, "relu {relu} index {i}: {v}");
+        }
+        assert!(values(&stats.mean)[0].is_nan());
+    }
+}
