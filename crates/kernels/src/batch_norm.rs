@@ -151,8 +151,25 @@ pub(crate) fn backward(
     gamma: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     match relu_out {
-        Some(y) => backward_gated::<true>(d, x, dy, y, mean, invstd, gamma),
-        None => backward_gated::<false>(d, x, dy, dy, mean, invstd, gamma),
+        Some(y) => backward_gated::<true, true>(d, x, dy, y, mean, invstd, gamma),
+        None => backward_gated::<false, true>(d, x, dy, dy, mean, invstd, gamma),
+    }
+}
+
+/// The same with fixed statistics (eval mode, running averages): nothing flows through the
+/// mean and variance, so `dx = gamma * invstd * dy`.
+pub(crate) fn backward_fixed(
+    d: Dims,
+    x: &[f32],
+    dy: &[f32],
+    relu_out: Option<&[f32]>,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    match relu_out {
+        Some(y) => backward_gated::<true, false>(d, x, dy, y, mean, invstd, gamma),
+        None => backward_gated::<false, false>(d, x, dy, dy, mean, invstd, gamma),
     }
 }
 
@@ -167,7 +184,7 @@ fn gate<const RELU: bool>(g: f32, y: f32) -> f32 {
     }
 }
 
-fn backward_gated<const RELU: bool>(
+fn backward_gated<const RELU: bool, const BATCH_STATS: bool>(
     d: Dims,
     x: &[f32],
     dy: &[f32],
@@ -204,8 +221,11 @@ fn backward_gated<const RELU: bool>(
         .for_each(|(b, db)| {
             for c in 0..d.c {
                 let k = gamma[c] * invstd[c];
-                let (mc, mdb) = (mean[c], dbeta[c] / m);
-                let mdg = dgamma[c] / m * invstd[c];
+                let (mc, mut mdb) = (mean[c], dbeta[c] / m);
+                let mut mdg = dgamma[c] / m * invstd[c];
+                if !BATCH_STATS {
+                    (mdb, mdg) = (0.0, 0.0);
+                }
                 let out = &mut db[c * d.s..(c + 1) * d.s];
                 let r = d.plane(b, c);
                 let ins = x[r.clone()].iter().zip(&dy[r.clone()]).zip(&y[r]);

@@ -25,6 +25,16 @@ pub enum KernelError {
         gamma: Vec<usize>,
         beta: Vec<usize>,
     },
+    #[error(
+        "fer-kernels batch_norm_eval: {channels} channels but gamma {gamma:?}, beta {beta:?}, running mean {mean:?}, running var {var:?} (each must be [{channels}])"
+    )]
+    EvalShapes {
+        channels: usize,
+        gamma: Vec<usize>,
+        beta: Vec<usize>,
+        mean: Vec<usize>,
+        var: Vec<usize>,
+    },
     #[error("fer-kernels max-pool: empty map {h}x{w}")]
     EmptyMap { h: usize, w: usize },
     #[error("fer-kernels add_relu: the residual sum needs equal shapes, got {a:?} and {b:?}")]

@@ -7,7 +7,8 @@
 //!
 //! [`batch_norm_train`] does the same for training-mode BatchNorm: two passes forward (statistics,
 //! normalisation) and two backward, where candle's module chains a dozen generic ops.
-//! [`conv_bn_train`] fuses the two (and the ReLU), so the conv output is no graph node of its own.
+//! [`conv_bn_train`] fuses the two (and the ReLU), so the conv output is no graph node of its own;
+//! [`batch_norm_eval`] is the eval-mode BatchNorm (+ ReLU) in one pass.
 //!
 //! [`max_pool_3x3_s2`] is the ImageNet stem's max-pool with an argmax backward (candle's own
 //! max-pool has no backward when kernel and stride differ).
@@ -33,6 +34,7 @@
 //! ```
 
 mod batch_norm;
+mod bn_eval;
 pub mod check;
 mod conv;
 mod conv_bn;
@@ -59,6 +61,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Result, Tensor, D};
 
+pub use bn_eval::batch_norm_eval;
 pub use conv_bn::{conv_bn_relu_pool_train, conv_bn_train};
 pub use error::KernelError;
 

@@ -37,6 +37,12 @@ impl BatchNorm {
     /// BatchNorm, then a ReLU when `relu` (fused into the kernel in training mode).
     pub(crate) fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !train {
+            let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+            let fused =
+                fer_kernels::batch_norm_eval(x, &self.weight, &self.bias, mean, var, EPS, relu)?;
+            if let Some(y) = fused {
+                return Ok(y);
+            }
             let y = self.forward_eval(x)?;
             return if relu { y.relu() } else { Ok(y) };
         }
