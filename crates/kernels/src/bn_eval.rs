@@ -3,12 +3,11 @@
 //! With candle's ops this is a broadcast multiply, a broadcast add and a ReLU, three passes over
 //! every activation of an inference step, each into a fresh tensor.
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 
 use crate::batch_norm::{self, Dims};
 use crate::error::KernelError;
-use crate::fused::slice;
-use crate::op::with_data;
+use crate::op::BatchNormOp;
 use crate::runs_here;
 
 /// `(x - mean) / sqrt(var + eps) * gamma + beta` over `x [B, C, H, W]` with fixed per-channel
@@ -52,70 +51,14 @@ pub fn batch_norm_eval(
     }
     let mean: Vec<f32> = mean.to_vec1()?;
     let invstd = batch_norm::invstd(&var.to_vec1::<f32>()?, eps);
-    let op = BatchNormEval {
+    let op = BatchNormOp {
         dims: Dims { b, c, s: h * w },
         mean,
         invstd,
         relu,
+        batch_stats: false,
     };
     x.contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
         .map(Some)
-}
-
-struct BatchNormEval {
-    dims: Dims,
-    mean: Vec<f32>,
-    invstd: Vec<f32>,
-    relu: bool,
-}
-
-impl CustomOp3 for BatchNormEval {
-    fn name(&self) -> &'static str {
-        "fer-batch-norm-eval"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (scale, shift) = batch_norm::affine(&self.mean, &self.invstd, gamma, beta);
-        let y = batch_norm::apply(self.dims, x, &scale, &shift, self.relu);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dgamma, dbeta) = with_data(x, |x| {
-            with_data(dy, |dy| {
-                with_data(gamma, |g| {
-                    with_data(res, |y| {
-                        let relu_out = self.relu.then_some(y);
-                        let (d, mean, invstd) = (self.dims, &self.mean, &self.invstd);
-                        Ok(batch_norm::backward_fixed(
-                            d, x, dy, relu_out, mean, invstd, g,
-                        ))
-                    })
-                })
-            })
-        })?;
-        let dev = &Device::Cpu;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dgamma, gamma.shape(), dev)?),
-            Some(Tensor::from_vec(dbeta, beta.shape(), dev)?),
-        ))
-    }
 }

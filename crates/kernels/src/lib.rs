@@ -167,11 +167,12 @@ pub fn batch_norm_train(
         var: Tensor::from_vec(var, c, x.device())?,
         count: dims.m(),
     };
-    let op = op::BatchNormTrain {
+    let op = op::BatchNormOp {
         dims,
         mean,
         invstd,
         relu,
+        batch_stats: true,
     };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     Ok((y, stats))

@@ -93,18 +93,25 @@ impl CustomOp2 for Conv2d {
     }
 }
 
-/// Training-mode BatchNorm of `x [B, C, H, W]` with batch statistics computed beforehand.
-pub(crate) struct BatchNormTrain {
+/// BatchNorm of `x [B, C, H, W]` with statistics computed beforehand: the batch's own (training
+/// mode: the gradient flows through them) or fixed running averages (eval mode).
+pub(crate) struct BatchNormOp {
     pub dims: crate::batch_norm::Dims,
     pub mean: Vec<f32>,
     pub invstd: Vec<f32>,
     /// A ReLU fused after the affine step.
     pub relu: bool,
+    /// Whether `mean` and `invstd` are the batch's own statistics.
+    pub batch_stats: bool,
 }
 
-impl CustomOp3 for BatchNormTrain {
+impl CustomOp3 for BatchNormOp {
     fn name(&self) -> &'static str {
-        "fer-batch-norm-train"
+        if self.batch_stats {
+            "fer-batch-norm-train"
+        } else {
+            "fer-batch-norm-eval"
+        }
     }
 
     fn cpu_fwd(
@@ -137,7 +144,11 @@ impl CustomOp3 for BatchNormTrain {
                         let relu_out = self.relu.then_some(y);
                         let (mean, invstd) = (&self.mean, &self.invstd);
                         let d = self.dims;
-                        Ok(batch_norm::backward(d, x, dy, relu_out, mean, invstd, g))
+                        Ok(if self.batch_stats {
+                            batch_norm::backward(d, x, dy, relu_out, mean, invstd, g)
+                        } else {
+                            batch_norm::backward_fixed(d, x, dy, relu_out, mean, invstd, g)
+                        })
                     })
                 })
             })

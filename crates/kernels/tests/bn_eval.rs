@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{uniform, values};
+use common::{assert_close, f64_var, uniform, values};
 
 /// `relu?((x - mean) / sqrt(var + eps) * gamma + beta)` in candle ops, statistics constant.
 fn reference(
@@ -32,19 +32,6 @@ fn reference(
         y.relu().unwrap()
     } else {
         y
-    }
-}
-
-fn f64_var(t: &Tensor) -> Var {
-    Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap()
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}");
-    let (g, w) = (values(got), values(&want.to_dtype(DType::F32).unwrap()));
-    let scale = w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!((a - b).abs() <= 1e-5 * scale, "{what}[{i}]: {a} vs {b}");
     }
 }
 

@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{uniform, values};
+use common::{assert_close, f64_var, uniform, values};
 
 /// `p[b, n, :] = w f[b, :, n] + bias` in f64 through candle's generic ops.
 fn reference(f: &Tensor, w: &Tensor, bias: &Tensor) -> Tensor {
@@ -23,22 +23,6 @@ fn reference(f: &Tensor, w: &Tensor, bias: &Tensor) -> Tensor {
         .unwrap()
         .reshape((b, h * wd, w.dim(0).unwrap()))
         .unwrap()
-}
-
-fn f64_var(t: &Tensor) -> Var {
-    Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap()
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}");
-    let (g, w) = (values(got), values(&want.to_dtype(DType::F32).unwrap()));
-    let scale = w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 * scale,
-            "{what}[{i}]: {a} vs {b} (scale {scale})"
-        );
-    }
 }
 
 #[test]
