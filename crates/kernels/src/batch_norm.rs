@@ -135,13 +135,15 @@ pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool
     y
 }
 
-/// Gradients of the training-mode BatchNorm: `(dx, dgamma, dbeta)`. With `relu_out` (the
-/// forward's output after a fused ReLU) the incoming gradient is first zeroed where it is zero.
+/// Gradients of BatchNorm: `(dx, dgamma, dbeta)`. With `relu_out` (the forward's output after
+/// a fused ReLU) the incoming gradient is first zeroed where it is zero.
 ///
 /// With `xh = (x - mean) * invstd` and `M` values per channel:
-/// `dbeta = sum dy`, `dgamma = sum dy * xh`,
-/// `dx = gamma * invstd * (dy - dbeta / M - xh * dgamma / M)`.
-pub(crate) fn backward(
+/// `dbeta = sum dy`, `dgamma = sum dy * xh`, and with the batch's own statistics
+/// (`BATCH_STATS`, training mode) `dx = gamma * invstd * (dy - dbeta / M - xh * dgamma / M)`;
+/// with fixed ones (eval mode, running averages) nothing flows through them:
+/// `dx = gamma * invstd * dy`.
+pub(crate) fn backward<const BATCH_STATS: bool>(
     d: Dims,
     x: &[f32],
     dy: &[f32],
@@ -151,25 +153,8 @@ pub(crate) fn backward(
     gamma: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     match relu_out {
-        Some(y) => backward_gated::<true, true>(d, x, dy, y, mean, invstd, gamma),
-        None => backward_gated::<false, true>(d, x, dy, dy, mean, invstd, gamma),
-    }
-}
-
-/// The same with fixed statistics (eval mode, running averages): nothing flows through the
-/// mean and variance, so `dx = gamma * invstd * dy`.
-pub(crate) fn backward_fixed(
-    d: Dims,
-    x: &[f32],
-    dy: &[f32],
-    relu_out: Option<&[f32]>,
-    mean: &[f32],
-    invstd: &[f32],
-    gamma: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    match relu_out {
-        Some(y) => backward_gated::<true, false>(d, x, dy, y, mean, invstd, gamma),
-        None => backward_gated::<false, false>(d, x, dy, dy, mean, invstd, gamma),
+        Some(y) => backward_gated::<true, BATCH_STATS>(d, x, dy, y, mean, invstd, gamma),
+        None => backward_gated::<false, BATCH_STATS>(d, x, dy, dy, mean, invstd, gamma),
     }
 }
 

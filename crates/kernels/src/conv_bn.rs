@@ -239,7 +239,7 @@ impl CustomOp3 for ConvBnTrain {
                             let relu_out = self.relu.then_some(z);
                             let (mean, invstd) = (&saved.mean, &saved.invstd);
                             let gamma = &gb[..g.o];
-                            Ok(batch_norm::backward(
+                            Ok(batch_norm::backward::<true>(
                                 d, &saved.y, &dz, relu_out, mean, invstd, gamma,
                             ))
                         })

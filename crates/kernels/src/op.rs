@@ -145,9 +145,9 @@ impl CustomOp3 for BatchNormOp {
                         let (mean, invstd) = (&self.mean, &self.invstd);
                         let d = self.dims;
                         Ok(if self.batch_stats {
-                            batch_norm::backward(d, x, dy, relu_out, mean, invstd, g)
+                            batch_norm::backward::<true>(d, x, dy, relu_out, mean, invstd, g)
                         } else {
-                            batch_norm::backward_fixed(d, x, dy, relu_out, mean, invstd, g)
+                            batch_norm::backward::<false>(d, x, dy, relu_out, mean, invstd, g)
                         })
                     })
                 })

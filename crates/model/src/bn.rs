@@ -34,21 +34,21 @@ impl BatchNorm {
         })
     }
 
-    /// BatchNorm, then a ReLU when `relu` (fused into the kernel in training mode).
-    pub(crate) fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        if !train {
-            let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
-            let fused =
-                fer_kernels::batch_norm_eval(x, &self.weight, &self.bias, mean, var, EPS, relu)?;
-            if let Some(y) = fused {
-                return Ok(y);
-            }
-            let y = self.forward_eval(x)?;
-            return if relu { y.relu() } else { Ok(y) };
+    /// Eval mode (running statistics), then a ReLU when `relu`: one pass where the kernels run
+    /// (`fer_kernels::batch_norm_eval`), candle's ops elsewhere.
+    pub(crate) fn eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+        let fused =
+            fer_kernels::batch_norm_eval(x, &self.weight, &self.bias, mean, var, EPS, relu)?;
+        if let Some(y) = fused {
+            return Ok(y);
         }
-        let (y, stats) = fer_kernels::batch_norm_train(x, &self.weight, &self.bias, EPS, relu)?;
-        self.update_running(stats)?;
-        Ok(y)
+        let y = self.eval_plain(x)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 
     /// Training mode on `conv2d(x, w, stride, padding)`, fused with the conv where the kernels
@@ -104,7 +104,7 @@ impl BatchNorm {
         self.running_var.set(&var)
     }
 
-    fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+    fn eval_plain(&self, x: &Tensor) -> Result<Tensor> {
         let c = x.dim(1)?;
         let mut shape = vec![1; x.rank()];
         shape[1] = c;

@@ -72,7 +72,30 @@ impl ConvBn {
             // One op where the kernels run: the conv output is no graph node of its own.
             self.bn.train_after_conv(x, weight, *stride, *padding, relu)
         } else {
-            self.bn.forward(&self.conv.forward(x)?, false, relu)
+            self.bn.eval(&self.conv.forward(x)?, relu)
+        }
+    }
+
+    /// Conv, BatchNorm, ReLU and the ImageNet stem's 3x3 stride-2 max-pool; in training one op
+    /// where the kernels run.
+    fn forward_relu_pool(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let Conv {
+                weight,
+                stride,
+                padding,
+            } = &self.conv;
+            let pooled = self
+                .bn
+                .train_relu_pool_after_conv(x, weight, *stride, *padding)?;
+            if let Some(y) = pooled {
+                return Ok(y);
+            }
+        }
+        let x = self.forward_relu(x, train)?;
+        match fer_kernels::max_pool_3x3_s2(&x)? {
+            Some(y) => Ok(y),
+            None => max_pool_3x3_s2(&x),
         }
     }
 }
@@ -264,7 +287,7 @@ impl ResNet {
     /// statistics (and updates the running ones) in every BatchNorm.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut x = if self.max_pool {
-            self.stem_pooled(x, train)?
+            self.stem.forward_relu_pool(x, train)?
         } else {
             self.stem.forward_relu(x, train)?
         };
@@ -278,32 +301,6 @@ impl ResNet {
             }
         }
         Ok(out)
-    }
-}
-
-impl ResNet {
-    /// Stem conv, BatchNorm, ReLU and the 3x3 stride-2 max-pool; in training one op where the
-    /// kernels run.
-    fn stem_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let Conv {
-            weight,
-            stride,
-            padding,
-        } = &self.stem.conv;
-        if train {
-            let pooled = self
-                .stem
-                .bn
-                .train_relu_pool_after_conv(x, weight, *stride, *padding)?;
-            if let Some(y) = pooled {
-                return Ok(y);
-            }
-        }
-        let x = self.stem.forward_relu(x, train)?;
-        match fer_kernels::max_pool_3x3_s2(&x)? {
-            Some(y) => Ok(y),
-            None => max_pool_3x3_s2(&x),
-        }
     }
 }
 
