@@ -16,7 +16,8 @@ pub struct PrepareArgs {
     /// AffectNet root (holds Manually_Annotated_file_lists/ and Manually_Annotated_Images/).
     #[arg(long, value_name = "DIR")]
     affectnet: Option<PathBuf>,
-    /// Image folder per class: DIR/{train,val|test}/<class>/*.{png,jpg,jpeg}.
+    /// Image folder per class: DIR/train/<class>/*.{png,jpg,jpeg}, plus optional DIR/val/ and
+    /// DIR/test/ in the same layout.
     #[arg(long, value_name = "DIR")]
     folder: Option<PathBuf>,
     /// Plain CSV `path,expression,valence,arousal[,x,y,w,h][,split]` (needs --images).
@@ -43,9 +44,15 @@ pub struct PrepareArgs {
     /// Candidate rows per shard.
     #[arg(long, default_value_t = 1024)]
     shard_size: usize,
-    /// Fraction of a CSV without a `split` column that goes to validation.
+    /// When the source has no validation split of its own (AffectNet; folders without val/; a
+    /// CSV without `val` rows): the share of each class's training rows carved into `val`.
+    /// The source's test split (AffectNet's validation.csv, a test/ folder, CSV `test` rows)
+    /// becomes `test` and is never used for a training decision.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
+    /// Seed of the carve: which training rows go to `val`.
+    #[arg(long, default_value_t = 0)]
+    val_seed: u64,
     /// Count images in unknown class folders as skipped instead of failing.
     #[arg(long)]
     skip_unknown_classes: bool,
@@ -85,6 +92,7 @@ pub fn run(args: PrepareArgs) -> anyhow::Result<()> {
         shard_size: args.shard_size,
         threads: args.threads,
         val_fraction: args.val_fraction,
+        val_seed: args.val_seed,
         skip_unknown_classes: args.skip_unknown_classes,
         progress: true,
     };
@@ -97,15 +105,20 @@ pub fn run(args: PrepareArgs) -> anyhow::Result<()> {
 fn print_summary(out: &Path, m: &Manifest, r: &RunReport) {
     let mut s = std::io::stdout().lock();
     let _ = writeln!(s, "prepared {} ({} px)", out.display(), m.image_size);
-    for (name, split) in &m.splits {
+    for name in fer_data::prepare::SPLITS {
+        let Some(split) = m.splits.get(name) else {
+            let _ = writeln!(s, "  {name:5}: none in the source");
+            continue;
+        };
         let _ = writeln!(
             s,
-            "  {name:5}: {} rows, {} kept ({} with valence/arousal), {} skipped, {} shards",
+            "  {name:5}: {} rows, {} kept ({} with valence/arousal), {} skipped, {} shards; from {}",
             split.rows,
             split.kept,
             split.with_va,
             split.skipped,
-            split.shards.len()
+            split.shards.len(),
+            m.split_origins.get(name).map_or("?", String::as_str)
         );
     }
     for (reason, rows) in &m.skipped {

@@ -14,6 +14,10 @@ pub struct SynthArgs {
     /// Training images over the 8 classes (balanced); ~2 % rows of codes 8-10 come on top.
     #[arg(long, default_value_t = 8000)]
     train: usize,
+    /// Training images per class code 0..=7 instead of --train balanced ones, e.g.
+    /// `400,400,400,400,40,40,40,40` for an imbalanced set.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    class_counts: Option<Vec<usize>>,
     /// Validation images over the 8 classes (balanced); ~2 % rows of codes 8-10 come on top.
     #[arg(long, default_value_t = 1600)]
     val: usize,
@@ -30,6 +34,7 @@ pub struct SynthArgs {
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let cfg = SynthConfig {
         train: args.train,
+        train_class_counts: args.class_counts,
         val: args.val,
         image_size: args.image_size,
         seed: args.seed,

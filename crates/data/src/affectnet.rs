@@ -2,8 +2,9 @@
 //! under `Manually_Annotated_Images/`.
 //!
 //! Columns are found by header name, so their order does not matter; the landmarks column is
-//! not used. The official validation list becomes the `val` split (AffectNet's test set was
-//! never released).
+//! not used. The official validation list becomes the `test` split, as the literature uses it
+//! (AffectNet's test set was never released); the `val` split for every training decision is
+//! carved from the training list at preparation.
 
 use std::path::Path;
 
@@ -41,9 +42,12 @@ pub fn read(root: &Path, num_classes: usize) -> Result<Listing> {
     }
     let images = root.join(IMAGES_DIR);
     let mut listing = Listing::default();
-    for (i, list) in [TRAIN_LIST, VAL_LIST].into_iter().enumerate() {
+    // Split index 1 (val) stays empty: it is carved from training.
+    for (i, list) in [(0, TRAIN_LIST), (2, VAL_LIST)] {
         listing.splits[i] = read_list(&root.join(list), &images, listing::SPLITS[i], num_classes)?;
     }
+    listing.origins[0] = TRAIN_LIST.to_string();
+    listing.origins[2] = format!("{VAL_LIST} (AffectNet's official validation set)");
     Ok(listing)
 }
 

@@ -39,6 +39,10 @@ pub struct AugmentConfig {
     /// Probability of a horizontal flip.
     pub hflip: f64,
     pub random_resized_crop: CropConfig,
+    /// Random shift by a whole number of pixels in `[-pad_crop, pad_crop]` along each axis,
+    /// the uncovered border taking the fill colour: torchvision's `RandomCrop(S, padding =
+    /// pad_crop)`. 0 disables it.
+    pub pad_crop: usize,
     /// Rotation angle drawn uniformly from `[-rotation_degrees, rotation_degrees]`.
     pub rotation_degrees: f64,
     pub color_jitter: ColorJitter,
@@ -69,6 +73,7 @@ impl Default for AugmentConfig {
             enabled: true,
             hflip: 0.5,
             random_resized_crop: CropConfig::default(),
+            pad_crop: 0,
             rotation_degrees: 10.0,
             color_jitter: ColorJitter::default(),
         }
@@ -122,6 +127,7 @@ impl AugmentConfig {
             enabled: false,
             hflip: 0.0,
             random_resized_crop: CropConfig::full(),
+            pad_crop: 0,
             rotation_degrees: 0.0,
             color_jitter: ColorJitter::none(),
         }
@@ -221,7 +227,8 @@ impl AugmentParams {
     }
 
     /// Draws the parameters for one `size x size` image. Always consumes the same number of
-    /// draws for a given config, so parameters depend only on the RNG's seed.
+    /// draws for a given config, so parameters depend only on the RNG's seed. The shift of
+    /// `pad_crop` is drawn last, and only when it is on, so configs without it draw as before.
     pub fn sample<R: Rng + ?Sized>(cfg: &AugmentConfig, size: usize, rng: &mut R) -> Self {
         if !cfg.enabled {
             return Self::identity(size);
@@ -234,6 +241,12 @@ impl AugmentParams {
         let brightness = factor(j.brightness);
         let contrast = factor(j.contrast);
         let saturation = factor(j.saturation);
+        let mut crop = crop;
+        if cfg.pad_crop > 0 {
+            let p = cfg.pad_crop as i64;
+            crop.x += rng.random_range(-p..=p) as f64;
+            crop.y += rng.random_range(-p..=p) as f64;
+        }
         AugmentParams {
             flip,
             crop,

@@ -1,5 +1,7 @@
-//! An image folder per class (the FER-2013 layout): `ROOT/train/<class>/*.png` and
-//! `ROOT/val/<class>/...` (or `ROOT/test/...` when there is no `val`).
+//! An image folder per class (the FER-2013 layout): `ROOT/train/<class>/*.png`, optionally
+//! `ROOT/val/<class>/...` and `ROOT/test/<class>/...`. Without `val/`, preparation carves the
+//! validation split from `train/` (see [`Listing::carve_val`](crate::prepare::Listing::carve_val)); `test/` is the test split, never
+//! a stand-in for validation.
 //!
 //! Class folder names map to AffectNet codes through [`labels::code_of_name`] (any case;
 //! `angry`, `happy`, `neutral`, ...). Files ending in `.png`, `.jpg` or `.jpeg` (any case) are
@@ -24,31 +26,29 @@ pub fn read(root: &Path, num_classes: usize, skip_unknown_classes: bool) -> Resu
             reason: "image folder root not found".into(),
         });
     }
-    let train = root.join("train");
-    let val = ["val", "test"]
-        .into_iter()
-        .map(|d| root.join(d))
-        .find(|d| d.is_dir());
-    let no_split = |which: &str| Error::Invalid {
-        path: root.to_path_buf(),
-        reason: format!(
-            "no {which} split folder: expected train/<class>/*.png and val/<class>/..."
-        ),
-    };
-    if !train.is_dir() {
-        return Err(no_split("train/"));
+    if !root.join("train").is_dir() {
+        return Err(Error::Invalid {
+            path: root.to_path_buf(),
+            reason: "no train/ split folder: expected train/<class>/*.png (plus optional val/ \
+                     and test/ in the same layout)"
+                .into(),
+        });
     }
-    let val = val.ok_or_else(|| no_split("val/ (or test/)"))?;
     let mut listing = Listing::default();
-    for (i, dir) in [train, val].iter().enumerate() {
+    for (i, split) in listing::SPLITS.iter().enumerate() {
+        let dir = root.join(split);
+        if i > 0 && !dir.is_dir() {
+            continue;
+        }
         listing.splits[i] = read_split(
             root,
-            dir,
-            listing::SPLITS[i],
+            &dir,
+            split,
             num_classes,
             skip_unknown_classes,
             &mut listing.class_map,
         )?;
+        listing.origins[i] = format!("the {split}/ folder");
     }
     Ok(listing)
 }

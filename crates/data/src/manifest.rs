@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::{atomic, Error, Result};
 
 /// Format tag stored in every manifest.
-pub const FORMAT: &str = "fer-prepared-v1";
+pub const FORMAT: &str = "fer-prepared-v2";
+
+/// The format before the train/val/test roles: `val` may be the source's test set. Still read.
+pub const FORMAT_V1: &str = "fer-prepared-v1";
 
 /// The file name of the manifest inside a prepared folder.
 pub const FILE_NAME: &str = "manifest.json";
@@ -61,10 +64,10 @@ impl fmt::Display for SkipReason {
 /// One skipped source row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedRow {
-    /// `train` or `val`.
+    /// `train`, `val` or `test`.
     pub split: String,
     /// 0-based data row of the source list (header excluded); for folder sources, the index in
-    /// the split's sorted file list.
+    /// the split's sorted file list. A carved `val` split's rows are rows of the training list.
     pub row: usize,
     /// The image path as written in the source (relative to the image root).
     pub path: String,
@@ -120,8 +123,14 @@ pub struct Manifest {
     /// Folder name (or CSV label name) -> AffectNet code, for sources labelled by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub class_map: BTreeMap<String, i64>,
-    /// `train` and `val`.
+    /// `train`, `val` and, when the source has one, `test`.
     pub splits: BTreeMap<String, SplitSummary>,
+    /// Where each split came from, in words (empty in a v1 manifest).
+    #[serde(default)]
+    pub split_origins: BTreeMap<String, String>,
+    /// How `val` was carved from the training rows; `None` when the source had its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_carve: Option<crate::prepare::ValCarve>,
     /// Every skipped row, grouped by reason.
     pub skipped: BTreeMap<SkipReason, Vec<SkippedRow>>,
 }
@@ -134,7 +143,7 @@ impl Manifest {
             path: path.to_path_buf(),
             reason: format!("not a valid manifest: {e}"),
         })?;
-        if m.format != FORMAT {
+        if m.format != FORMAT && m.format != FORMAT_V1 {
             return Err(Error::Invalid {
                 path: path.to_path_buf(),
                 reason: format!("manifest format `{}`, expected `{FORMAT}`", m.format),
@@ -195,6 +204,17 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// True for a manifest written before the train/val/test roles: its `val` split may be the
+    /// source's test set, so numbers chosen on it are not held-out numbers.
+    pub fn is_legacy(&self) -> bool {
+        self.format == FORMAT_V1
+    }
+
+    /// Whether the dataset has a `test` split.
+    pub fn has_test(&self) -> bool {
+        self.splits.get("test").is_some_and(|s| s.kept > 0)
     }
 
     /// Number of skipped rows for `reason` (all splits).

@@ -5,9 +5,11 @@
 //! - `expression` is an AffectNet code (0..=10) or a class name (`happy`, `Angry`, ...), or empty
 //!   for none; valence and arousal are in [-1, 1], empty or -2 for none.
 //! - `x,y,w,h` (all four or none) give the face box; an empty box on a row means the whole image.
-//! - Without a `split` column (`train`/`training` or `val`/`validation`/`test`), a row goes to
-//!   `val` when a hash of its path falls below `val_fraction`: the same row always lands in the
-//!   same split, whatever the order of the file.
+//! - `split` (optional): `train`/`training`, `val`/`valid`/`validation` or `test`; a row without
+//!   one (no column, or an empty field) is a training row. When no row is `val`, preparation
+//!   carves the validation split from the training rows (stratified by class, seeded: see
+//!   [`Listing::carve_val`](crate::prepare::Listing::carve_val)). `test` rows are never used for
+//!   a decision.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +21,7 @@ use crate::prepare::listing::{self, Candidate, CsvList, Listing, RowError};
 use crate::{Error, Result};
 
 /// Reads the CSV at `file`, images under `images`.
-pub fn read(file: &Path, images: &Path, num_classes: usize, val_fraction: f64) -> Result<Listing> {
+pub fn read(file: &Path, images: &Path, num_classes: usize) -> Result<Listing> {
     if !images.is_dir() {
         return Err(Error::Invalid {
             path: images.to_path_buf(),
@@ -35,23 +37,22 @@ pub fn read(file: &Path, images: &Path, num_classes: usize, val_fraction: f64) -
         let f = match fields {
             Ok(f) => f,
             Err(bad) => {
-                // A record that cannot be split has no trustworthy split column either.
-                let s = split_by_hash(&bad.first, val_fraction);
-                splits_of_row.push(s);
-                return bad.skip(&mut listing.splits[s], listing::SPLITS[s], row);
+                // A record that cannot be split has no trustworthy split column either: it is
+                // reported with the training rows.
+                splits_of_row.push(0);
+                return bad.skip(&mut listing.splits[0], listing::SPLITS[0], row);
             }
         };
         let name = f[cols.path].trim();
-        let by_hash = split_by_hash(name, val_fraction);
         let split = match cols.split.map(|c| f[c].trim()) {
-            None | Some("") => Ok(by_hash),
+            None | Some("") => Ok(0),
             Some(v) => split_of_name(v),
         };
         let parsed = match split {
             Ok(s) => parse_row(f, &cols, num_classes, &mut names)
                 .map(|p| (s, p))
                 .map_err(|e| (s, e)),
-            Err(e) => Err((by_hash, e)),
+            Err(e) => Err((0, e)),
         };
         match parsed {
             Ok((s, (face, (expression, valence, arousal)))) => {
@@ -81,30 +82,16 @@ pub fn read(file: &Path, images: &Path, num_classes: usize, val_fraction: f64) -
     debug_assert_eq!(rows, splits_of_row.len());
     for (i, split) in listing.splits.iter_mut().enumerate() {
         split.rows = splits_of_row.iter().filter(|&&s| s == i).count();
+        if split.rows > 0 {
+            listing.origins[i] = match (i, cols.split) {
+                (0, None) => "every row (no split column)".to_string(),
+                (0, Some(_)) => "rows with split = train (or empty)".to_string(),
+                _ => format!("rows with split = {}", listing::SPLITS[i]),
+            };
+        }
     }
     listing.class_map = names;
     Ok(listing)
-}
-
-/// The split (0 = train, 1 = val) a path falls in for `val_fraction`.
-pub fn split_by_hash(path: &str, val_fraction: f64) -> usize {
-    usize::from(unit_hash(path) < val_fraction)
-}
-
-/// A stable hash of `s` mapped to [0, 1): FNV-1a then a SplitMix64 finaliser (std's hasher is
-/// not guaranteed stable across Rust versions, and the split must not change).
-pub fn unit_hash(s: &str) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 struct Columns {
@@ -143,7 +130,8 @@ impl Columns {
 fn split_of_name(v: &str) -> std::result::Result<usize, RowError> {
     match v.to_ascii_lowercase().as_str() {
         "train" | "training" => Ok(0),
-        "val" | "valid" | "validation" | "test" => Ok(1),
+        "val" | "valid" | "validation" => Ok(1),
+        "test" => Ok(2),
         _ => Err((SkipReason::MalformedRow, format!("unknown split `{v}`"))),
     }
 }
@@ -188,31 +176,4 @@ fn parse_row(
         face,
         listing::labels_of(code, valence, arousal, num_classes)?,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_split_is_stable_and_proportional() {
-        // Pinned against an independent Python implementation of FNV-1a + SplitMix64: a change
-        // here would silently move rows between splits.
-        for (s, want) in [
-            ("a.png", 0.8162309729057672),
-            ("img/0.jpg", 0.5290119853121469),
-            ("faces/happy/x.jpg", 0.6627301161497368),
-            ("", 0.9576734252420561),
-        ] {
-            assert_eq!(unit_hash(s), want, "{s}");
-        }
-        let n = 20_000;
-        let val = (0..n)
-            .filter(|i| split_by_hash(&format!("img/{i}.jpg"), 0.1) == 1)
-            .count();
-        // Binomial(20000, 0.1): sd = 42; 5 sd either side.
-        assert!((1790..=2210).contains(&val), "{val}");
-        assert_eq!(split_by_hash("x", 0.0), 0);
-        assert_eq!(split_by_hash("x", 1.0), 1);
-    }
 }

@@ -53,6 +53,7 @@ fn neutral_enabled() -> AugmentConfig {
         enabled: true,
         hflip: 0.0,
         random_resized_crop: CropConfig::full(),
+        pad_crop: 0,
         rotation_degrees: 0.0,
         color_jitter: ColorJitter::none(),
     }
@@ -311,6 +312,76 @@ fn sampled_parameters_stay_in_their_ranges_and_are_seed_determined() {
     }
     // Binomial(2000, 0.5): sd 22.4, so 5 sd is 112.
     assert!((flips as i64 - 1000).abs() <= 112, "flips {flips}");
+}
+
+/// torchvision's `RandomCrop(s, padding = p, fill)` at window offset (i, j) of the padded image,
+/// written the way it is defined: pad every plane, then cut the window.
+fn padded_window(src: &[u8], s: usize, p: usize, fill: [f32; 3], i: usize, j: usize) -> Vec<f32> {
+    let big = s + 2 * p;
+    let mut out = Vec::with_capacity(3 * s * s);
+    for c in 0..3 {
+        let mut padded = vec![fill[c]; big * big];
+        for y in 0..s {
+            for x in 0..s {
+                padded[(y + p) * big + x + p] = src[c * s * s + y * s + x] as f32;
+            }
+        }
+        for y in 0..s {
+            for x in 0..s {
+                out.push(padded[(y + i) * big + x + j]);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pad_crop_is_torchvisions_padded_random_crop() {
+    let (s, p) = (11, 3);
+    let src = image(s, 4);
+    let cfg = AugmentConfig {
+        pad_crop: p,
+        ..neutral_enabled()
+    };
+    let fill = [10.0, 20.0, 30.0];
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..400 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let par = AugmentParams::sample(&cfg, s, &mut rng);
+        let (dx, dy) = (par.crop.x, par.crop.y);
+        assert!(dx.fract() == 0.0 && dy.fract() == 0.0 && dx.abs() <= 3.0 && dy.abs() <= 3.0);
+        assert_eq!(
+            (par.crop.w, par.crop.h, par.angle_deg),
+            (s as f64, s as f64, 0.0)
+        );
+        let mut out = vec![f32::NAN; 3 * s * s];
+        apply_with_fill(&src, s, &par, fill, &mut out);
+        let (i, j) = (
+            (dy as i64 + p as i64) as usize,
+            (dx as i64 + p as i64) as usize,
+        );
+        assert_eq!(
+            out,
+            padded_window(&src, s, p, fill, i, j),
+            "shift ({dx}, {dy})"
+        );
+        seen.insert((i, j));
+    }
+    // Every one of the 7 x 7 windows is drawn.
+    assert_eq!(seen.len(), (2 * p + 1) * (2 * p + 1));
+    // Without it, the draws of the other components are unchanged.
+    let base = AugmentConfig::default();
+    let shifted = AugmentConfig {
+        pad_crop: 2,
+        ..AugmentConfig::default()
+    };
+    let a = AugmentParams::sample(&base, s, &mut ChaCha8Rng::seed_from_u64(9));
+    let b = AugmentParams::sample(&shifted, s, &mut ChaCha8Rng::seed_from_u64(9));
+    assert_eq!(
+        (a.flip, a.angle_deg, a.brightness),
+        (b.flip, b.angle_deg, b.brightness)
+    );
+    assert!((a.crop.x - b.crop.x).abs() <= 2.0 && a.crop.w == b.crop.w);
 }
 
 #[test]

@@ -62,7 +62,7 @@ fn config(threads: usize) -> PrepareConfig {
 
 fn files(out: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut all = Vec::new();
-    for split in ["train", "val"] {
+    for split in ["train", "val", "test"] {
         for p in list_shards(&out.join(split)).unwrap() {
             all.push((
                 p.strip_prefix(out).unwrap().to_path_buf(),
@@ -94,11 +94,18 @@ fn output_is_the_same_for_one_and_two_threads() {
     assert_eq!(m1, m2);
     assert_eq!(files(&a), files(&b));
 
+    // Val is carved from the 22 training candidates: round(2.2) = 2 of them (rows 10 and 18
+    // with seed 0); validation.csv is the test split.
+    let val = &m1.splits["val"];
+    assert_eq!((val.rows, val.kept), (2, 2));
+    let v0 = Shard::open(&a.join("val/shard-00000.safetensors")).unwrap();
+    assert_eq!(v0.source_row, vec![10, 18]);
+    assert_eq!(m1.splits["test"].kept, 6);
     // Block k of 4 candidates -> shard k; row 5's image is missing, row 11 is no candidate.
     let train = &m1.splits["train"];
-    assert_eq!((train.rows, train.kept, train.skipped), (23, 21, 2));
+    assert_eq!((train.rows, train.kept, train.skipped), (21, 19, 2));
     let counts: Vec<usize> = train.shards.iter().map(|s| s.count).collect();
-    assert_eq!(counts, vec![4, 3, 4, 4, 4, 2]);
+    assert_eq!(counts, vec![4, 3, 4, 4, 4]);
     assert_eq!(m1.skipped[&SkipReason::MissingFile][0].row, 5);
     assert_eq!(m1.skipped[&SkipReason::NoUsableLabel][0].row, 11);
     let s1 = Shard::open(&a.join("train/shard-00001.safetensors")).unwrap();
@@ -109,8 +116,8 @@ fn output_is_the_same_for_one_and_two_threads() {
     assert!((s1.arousal[1] - (0.5 - 6.0 / 30.0)).abs() < 1e-6);
     // Row 8 (code 8, "None") keeps valence/arousal without a class; row 11 is not a candidate.
     let s2 = Shard::open(&a.join("train/shard-00002.safetensors")).unwrap();
-    assert_eq!(s2.source_row, vec![8, 9, 10, 12]);
-    assert_eq!(s2.expression, vec![-1, 0, 1, 3]);
+    assert_eq!(s2.source_row, vec![8, 9, 12, 13]);
+    assert_eq!(s2.expression, vec![-1, 0, 3, 4]);
     assert!(!s2.valence[0].is_nan());
     // Every sample with a class and the histogram agree.
     let classed: usize = train.class_histogram.iter().sum();
@@ -212,7 +219,7 @@ fn changed_options_rebuild_everything_and_drop_stale_shards() {
     let (dir, source) = fixture();
     let out = dir.path().join("out");
     prepare_with_report(&source, &out, &config(2)).unwrap();
-    assert_eq!(list_shards(&out.join("train")).unwrap().len(), 6);
+    assert_eq!(list_shards(&out.join("train")).unwrap().len(), 5);
     let cfg = PrepareConfig {
         size: 12,
         shard_size: 10,
@@ -221,7 +228,7 @@ fn changed_options_rebuild_everything_and_drop_stale_shards() {
     let (m, r) = prepare_with_report(&source, &out, &cfg).unwrap();
     assert_eq!((r.shards_written, r.shards_reused), (4, 0));
     let shards = list_shards(&out.join("train")).unwrap();
-    assert_eq!(shards.len(), 3);
+    assert_eq!(shards.len(), 2);
     assert_eq!(Shard::open(&shards[0]).unwrap().size(), 12);
     assert_eq!(m.image_size, 12);
     // A margin change alone cannot be seen in the shards: the options file catches it.

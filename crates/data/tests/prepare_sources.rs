@@ -157,8 +157,8 @@ f.png,3,0.1,0.1,,,,,holdout
 g.png,contempt,-2,-2,,,,,training
 ";
     fs::write(&csv, text).unwrap();
-    let l = plain_csv::read(&csv, &images, 8, 0.1).unwrap();
-    let [train, val] = &l.splits;
+    let l = plain_csv::read(&csv, &images, 8).unwrap();
+    let [train, val, test] = &l.splits;
     let names = |s: &fer_data::prepare::SplitListing| {
         s.candidates
             .iter()
@@ -166,12 +166,13 @@ g.png,contempt,-2,-2,,,,,training
             .collect::<Vec<_>>()
     };
     assert_eq!(names(train), vec![(0, 1), (6, 7)]);
-    assert_eq!(names(val), vec![(1, 6), (2, -1)]);
+    assert_eq!(names(val), vec![(1, 6)]);
+    assert_eq!(names(test), vec![(2, -1)]);
     let a = &train.candidates[0];
     let f = a.face.unwrap();
     assert_eq!((f.x, f.y, f.w, f.h), (1.0, 2.0, 3.0, 4.0));
     assert!(val.candidates[0].face.is_none() && val.candidates[0].valence.is_nan());
-    assert_eq!(val.candidates[1].valence, 0.1);
+    assert_eq!(test.candidates[0].valence, 0.1);
     let skipped: Vec<_> = l
         .splits
         .iter()
@@ -185,13 +186,14 @@ g.png,contempt,-2,-2,,,,,training
     ] {
         assert!(skipped.contains(&(row, reason)), "row {row}: {skipped:?}");
     }
-    assert_eq!(train.rows + val.rows, 7);
+    assert_eq!(train.rows + val.rows + test.rows, 7);
+    assert_eq!(l.origins[2], "rows with split = test");
     assert_eq!(l.class_map["Angry"], 6);
     assert_eq!(l.class_map["contempt"], 7);
 }
 
 #[test]
-fn plain_csv_without_split_column_uses_the_path_hash() {
+fn plain_csv_without_split_column_is_training_data_with_a_carved_val() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("mine.csv");
     let mut text = String::from("path,expression,valence,arousal\n");
@@ -199,18 +201,20 @@ fn plain_csv_without_split_column_uses_the_path_hash() {
         text.push_str(&format!("img/{i}.jpg,{},,\n", i % 8));
     }
     fs::write(&csv, &text).unwrap();
-    let l = plain_csv::read(&csv, dir.path(), 8, 0.25).unwrap();
-    for (s, split) in l.splits.iter().enumerate() {
-        for c in &split.candidates {
-            assert_eq!(plain_csv::split_by_hash(&c.name, 0.25), s);
-        }
+    let mut l = plain_csv::read(&csv, dir.path(), 8).unwrap();
+    assert_eq!(l.splits.each_ref().map(|s| s.rows), [200, 0, 0]);
+    assert_eq!(l.origins[0], "every row (no split column)");
+    let carve = l.carve_val(0.25, 3).unwrap().unwrap();
+    assert_eq!((carve.fraction, carve.seed), (0.25, 3));
+    // 25 rows per class: 6.25 each rounds down, and the 2 left of round(50) go to the first
+    // classes on the tie of remainders.
+    let mut per_class = [0usize; 8];
+    for c in &l.splits[1].candidates {
+        per_class[c.expression as usize] += 1;
     }
-    // "img/0.jpg" hashes to 0.529 (independently computed): train at 0.25, val at 0.6.
-    assert_eq!(plain_csv::split_by_hash("img/0.jpg", 0.25), 0);
-    assert_eq!(plain_csv::split_by_hash("img/0.jpg", 0.6), 1);
-    let n_val = l.splits[1].candidates.len();
-    assert!((25..=75).contains(&n_val), "{n_val} of 200 in val");
-    assert_eq!(l.splits[0].rows + l.splits[1].rows, 200);
+    assert_eq!(per_class, [7, 7, 6, 6, 6, 6, 6, 6]);
+    assert_eq!((l.splits[0].rows, l.splits[1].rows), (150, 50));
+    assert!(l.splits[2].candidates.is_empty());
 }
 
 #[test]
@@ -247,16 +251,27 @@ fn bad_rows_and_images_are_counted_skips() {
     );
     let out = dir.path().join("out");
     let m = prepare(&Source::AffectNet { root }, &out, &small_config()).unwrap();
-    let train = &m.splits["train"];
-    assert_eq!((train.rows, train.kept, train.skipped), (11, 1, 10));
-    assert_eq!(train.class_histogram[1], 1);
-    let val = &m.splits["val"];
-    assert_eq!((val.rows, val.kept, val.with_va), (1, 1, 0));
+    // The training list's 11 rows are shared by train and a carved val (6 candidates at 0.1:
+    // one goes to val); validation.csv is the test split.
+    let (train, val) = (&m.splits["train"], &m.splits["val"]);
+    assert_eq!(train.rows + val.rows, 11);
+    assert_eq!(val.rows, 1);
+    assert_eq!(train.kept + val.kept, 1);
+    assert_eq!(train.skipped + val.skipped, 10);
+    assert_eq!(train.class_histogram[1] + val.class_histogram[1], 1);
+    let test = &m.splits["test"];
+    assert_eq!((test.rows, test.kept, test.with_va), (1, 1, 0));
+    assert!(m.val_carve.is_some());
+    assert!(m.split_origins["test"].contains("validation.csv"));
     m.check().unwrap();
+    // Sorted: a row carved into val is listed after the train ones.
     let rows_of = |r: SkipReason| -> Vec<usize> {
-        m.skipped
+        let mut rows: Vec<usize> = m
+            .skipped
             .get(&r)
-            .map_or_else(Vec::new, |v| v.iter().map(|s| s.row).collect())
+            .map_or_else(Vec::new, |v| v.iter().map(|s| s.row).collect());
+        rows.sort();
+        rows
     };
     use SkipReason::*;
     assert_eq!(rows_of(MissingFile), vec![1]);
@@ -265,11 +280,11 @@ fn bad_rows_and_images_are_counted_skips() {
     assert_eq!(rows_of(MalformedRow), vec![6, 7, 10]);
     assert_eq!(rows_of(LabelOutOfRange), vec![8]);
     assert_eq!(rows_of(NoUsableLabel), vec![9]);
-    let cut = &m.skipped[&UndecodableImage][0];
-    assert_eq!(
-        (cut.split.as_str(), cut.path.as_str()),
-        ("train", "1/cut.jpg")
-    );
+    let cut = m.skipped[&UndecodableImage]
+        .iter()
+        .find(|r| r.row == 2)
+        .unwrap();
+    assert_eq!(cut.path, "1/cut.jpg");
     assert!(cut.detail.contains("truncated"), "{}", cut.detail);
     let missing = &m.skipped[&MissingFile][0];
     assert!(missing.detail.contains("missing.jpg"), "{}", missing.detail);
@@ -385,6 +400,7 @@ fn folder_source_and_its_errors() {
     write_image(&root.join("train/Angry/a.jpg"), 16, 16, 1);
     write_image(&root.join("train/Angry/b.JPEG"), 16, 16, 2);
     fs::write(root.join("train/Angry/notes.txt"), "not a sample").unwrap();
+    write_image(&root.join("val/fear/v.png"), 16, 16, 7);
     write_image(&root.join("test/sad/c.png"), 16, 16, 3);
     let out = dir.path().join("out");
     let cfg = PrepareConfig {
@@ -396,7 +412,10 @@ fn folder_source_and_its_errors() {
     assert_eq!((train.rows, train.kept), (3, 3));
     assert_eq!(train.class_histogram[6], 2);
     assert_eq!(train.class_histogram[1], 1);
-    assert_eq!(m.splits["val"].class_histogram[2], 1);
+    assert_eq!(m.splits["val"].class_histogram[4], 1);
+    assert_eq!(m.splits["test"].class_histogram[2], 1);
+    assert!(m.val_carve.is_none());
+    assert_eq!(m.split_origins["val"], "the val/ folder");
     assert_eq!(m.class_map["Angry"], 6);
     assert_eq!(m.class_map["happy"], 1);
     // Rows are in (class folder, file) order: Angry/a, Angry/b, happy/g.

@@ -22,6 +22,7 @@ fn cfg(train: usize, val: usize, size: u32, seed: u64, layout: Layout) -> SynthC
         image_size: size,
         seed,
         layout,
+        ..SynthConfig::default()
     }
 }
 
@@ -426,7 +427,8 @@ fn the_readers_accept_every_generated_face() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), &cfg(100, 20, 48, 4, Layout::AffectNet)).unwrap();
     let listing = fer_data::affectnet::read(dir.path(), 8).unwrap();
-    for (split, rows) in listing.splits.iter().zip([102, 20]) {
+    // AffectNet's validation list is the test split; val is carved later, at preparation.
+    for (split, rows) in listing.splits.iter().zip([102, 0, 20]) {
         assert_eq!(split.rows, rows);
         assert_eq!(split.candidates.len() + split.skipped.len(), rows);
         // Codes 0..=7 are all usable; only the None/Uncertain/No-Face extras may be dropped.
@@ -445,8 +447,9 @@ fn the_readers_accept_every_generated_face() {
     generate(dir.path(), &cfg(16, 8, 48, 4, Layout::Folder)).unwrap();
     let listing = fer_data::folder::read(dir.path(), 8, false).unwrap();
     let sizes = listing.splits.each_ref().map(|s| s.candidates.len());
-    assert_eq!(sizes, [16, 8]);
-    for s in &listing.splits {
+    // The folder layout writes train/ and test/.
+    assert_eq!(sizes, [16, 0, 8]);
+    for s in [&listing.splits[0], &listing.splits[2]] {
         assert!(s.skipped.is_empty());
         let mut per_class = [0; 8];
         for c in &s.candidates {

@@ -13,7 +13,8 @@ use crate::regression::va_loss;
 pub enum Stage {
     /// Stage 1 of two-stage training: `CE (+ aux_weight * CE_aux)`.
     Categorical,
-    /// Stage 2 of two-stage training: `L_va + lambda * CE (+ aux_weight * CE_aux)`.
+    /// Stage 2 of two-stage training: `L_va + lambda * CE` (`+ aux_weight * CE_aux` when
+    /// [`LossConfig::aux_in_stage2`]).
     Dimensional,
     /// One-stage ablation with both tasks: `L_va + lambda * CE (+ aux_weight * CE_aux)`.
     Joint,
@@ -45,6 +46,9 @@ pub struct LossConfig {
     /// logits, so 1.0 is a safe default: a model built without the head (e.g. from pretrained
     /// weights) is unaffected.
     pub aux_weight: f64,
+    /// Whether stage 2 keeps the auxiliary cross-entropy. The head exists to get a from-scratch
+    /// backbone learning in stage 1; stage 2 starts from trained weights.
+    pub aux_in_stage2: bool,
 }
 
 impl Default for LossConfig {
@@ -54,6 +58,7 @@ impl Default for LossConfig {
             class_weights: None,
             label_smoothing: 0.0,
             aux_weight: 1.0,
+            aux_in_stage2: true,
         }
     }
 }
@@ -176,7 +181,8 @@ pub fn stage_loss(
             cfg.lambda
         };
         terms.push((ce * ce_weight)?);
-        if let Some(aux_logits) = c.aux_logits {
+        let aux_here = stage != Stage::Dimensional || cfg.aux_in_stage2;
+        if let Some(aux_logits) = c.aux_logits.filter(|_| aux_here) {
             let aux = cross_entropy(aux_logits, c.targets, weights.as_ref(), cfg.label_smoothing)?;
             aux_part = Some(scalar(&aux)?);
             terms.push((aux * cfg.aux_weight)?);

@@ -132,7 +132,9 @@ pub struct ModelConfig {
     pub no_att2: bool,
     /// `false` for the va-only mode: no categorical head, the VA head sees `z` alone.
     pub categorical: bool,
-    /// Auxiliary categorical head on the pooled last tap (a training aid).
+    /// Auxiliary categorical head on the pooled last tap (a training aid). On by default: a
+    /// backbone trained from scratch stalls at the class prior without it (the trainer turns it
+    /// off for pretrained weights unless a config sets it).
     pub aux_head: bool,
 }
 
@@ -149,7 +151,7 @@ impl Default for ModelConfig {
             no_att1: false,
             no_att2: false,
             categorical: true,
-            aux_head: false,
+            aux_head: true,
         }
     }
 }

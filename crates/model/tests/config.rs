@@ -13,7 +13,7 @@ fn defaults_are_the_design_sizes() {
     assert_eq!((c.rnn.kind, c.rnn.hidden), (RnnKind::Lstm, 128));
     assert_eq!((c.att2_width, c.cat_hidden, c.va_hidden), (64, 128, 128));
     assert_eq!(c.num_classes, 8);
-    assert!(!c.no_att1 && !c.no_att2 && c.categorical && !c.aux_head);
+    assert!(!c.no_att1 && !c.no_att2 && c.categorical && c.aux_head);
     assert_eq!(c.z_dim(), 256);
     c.validate().unwrap();
 }

@@ -65,6 +65,8 @@ pub struct Speed {
 pub fn measure(case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
     let mut cfg = ModelConfig::default();
     cfg.backbone.depth = case.depth;
+    // The PyTorch reference has no auxiliary head.
+    cfg.aux_head = false;
     let varmap = VarMap::new();
     let model = TwoAttTwoMt::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
     let opt_cfg = OptimizerConfig {

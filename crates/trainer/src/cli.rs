@@ -6,8 +6,8 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Overrides, TrainConfig};
-use crate::evaluate::evaluate;
-use crate::report::{self, MetricsJson, ReportInput};
+use crate::evaluate::{evaluate, Tta};
+use crate::report::{self, MetricsJson, ReportInput, SplitMetrics};
 use crate::state::{keys, TrainState};
 use crate::train::{self, Outcome, TrainArgs};
 use crate::{predict, Error, Result};
@@ -109,8 +109,13 @@ pub struct EvalCmd {
     /// Prepared dataset folder.
     #[arg(long)]
     pub data: PathBuf,
+    /// `val` (the split decisions are taken on) or `test` (held out: the final check).
     #[arg(long, value_enum, default_value = "val")]
     pub split: Split,
+    /// Test-time augmentation: `flip` also evaluates the mean of each face and its mirror,
+    /// reported beside the single-crop numbers (`tta_flip`).
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta: Tta,
     /// Images per forward pass [default: the run's eval_batch_size, so that eval repeats the
     /// run's own numbers exactly; 64 for a checkpoint without a stored config].
     #[arg(long)]
@@ -133,6 +138,9 @@ pub struct PredictCmd {
     /// without it the whole image is taken as the face.
     #[arg(long = "box")]
     pub face_box: Option<String>,
+    /// Test-time augmentation: `flip` predicts the mean of each face and its mirror image.
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta: Tta,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Image files or folders (searched recursively for .png/.jpg/.jpeg).
@@ -204,13 +212,27 @@ pub fn train_and_report(args: TrainArgs) -> Result<Option<MetricsJson>> {
         Outcome::Finished(f) => f,
     };
     let last_stage = f.stages.last().map_or("", |s| s.name);
-    let metrics = MetricsJson::new(
-        &f.evaluation.metrics,
-        f.manifest.class_names.clone(),
-        last_stage,
-        f.state.history.len(),
-        f.state.train_seconds,
-    );
+    let block = |e: &train::SplitEval| {
+        SplitMetrics::new(&e.single.metrics, e.single.samples.len())
+            .with_tta_flip(SplitMetrics::new(&e.flip.metrics, e.flip.samples.len()))
+    };
+    let best_epoch = f
+        .state
+        .history
+        .iter()
+        .filter(|h| h.stage == last_stage && h.best)
+        .map(|h| h.epoch)
+        .next_back()
+        .unwrap_or(0);
+    let metrics = MetricsJson {
+        classes: f.manifest.class_names.clone(),
+        stage: last_stage.to_string(),
+        epochs: f.state.history.len(),
+        best_epoch,
+        train_seconds: f.state.train_seconds,
+        val: Some(block(&f.val_eval)),
+        test: f.test_eval.as_ref().map(block),
+    };
     let names: Vec<&str> = f.stages.iter().map(|s| s.name).collect();
     let toml = f.config.to_toml()?;
     report::write(&ReportInput {
@@ -221,7 +243,8 @@ pub fn train_and_report(args: TrainArgs) -> Result<Option<MetricsJson>> {
         notes: &f.notes,
         config_toml: &toml,
         data: &data,
-        evaluation: &f.evaluation,
+        val_eval: &f.val_eval.single,
+        test_eval: f.test_eval.as_ref().map(|e| &e.single),
         model: &f.model,
         val: &f.val,
         faces: f.config.report_faces,
@@ -233,7 +256,14 @@ pub fn train_and_report(args: TrainArgs) -> Result<Option<MetricsJson>> {
 
 fn run_eval(e: EvalCmd) -> Result<()> {
     let device = device(e.device)?;
-    let m = eval_checkpoint(&e.checkpoint, &e.data, e.split, e.batch_size, &device)?;
+    let m = eval_checkpoint(
+        &e.checkpoint,
+        &e.data,
+        e.split,
+        e.tta,
+        e.batch_size,
+        &device,
+    )?;
     println!("{}", m.to_json());
     Ok(())
 }
@@ -248,10 +278,13 @@ fn load_checkpoint(path: &Path, device: &Device) -> Result<fer_model::checkpoint
     Ok(fer_model::checkpoint::load(path, device)?)
 }
 
+/// Evaluates a checkpoint on one split; the result has the shape of `metrics.json` with that
+/// split filled (and its flip-TTA block with `tta = flip`).
 pub fn eval_checkpoint(
     ck_path: &Path,
     data: &Path,
     split: Split,
+    tta: Tta,
     batch: Option<usize>,
     device: &Device,
 ) -> Result<MetricsJson> {
@@ -297,18 +330,35 @@ pub fn eval_checkpoint(
         )));
     }
     let (_, model) = ck.build(device)?;
-    let ev = evaluate(&model, ds, batch, 1, device)?;
+    let ev = evaluate(&model, ds.clone(), batch, 1, Tta::None, device)?;
+    let mut block = SplitMetrics::new(&ev.metrics, ev.samples.len());
+    if tta == Tta::Flip {
+        let fl = evaluate(&model, ds, batch, 1, Tta::Flip, device)?;
+        block = block.with_tta_flip(SplitMetrics::new(&fl.metrics, fl.samples.len()));
+    }
     let state: Option<TrainState> = ck
         .meta
         .get(keys::STATE)
         .and_then(|s| serde_json::from_str(s).ok());
-    Ok(MetricsJson::new(
-        &ev.metrics,
-        manifest.class_names.clone(),
-        ck.meta.get(keys::STAGE).map_or("", String::as_str),
-        state.as_ref().map_or(0, |s| s.history.len()),
-        state.as_ref().map_or(0.0, |s| s.train_seconds),
-    ))
+    let stage = ck.meta.get(keys::STAGE).map_or("", String::as_str);
+    let best_epoch = ck
+        .meta
+        .get(keys::EPOCH)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let (val, test) = match split {
+        Split::Val => (Some(block), None),
+        Split::Test => (None, Some(block)),
+    };
+    Ok(MetricsJson {
+        classes: manifest.class_names.clone(),
+        stage: stage.to_string(),
+        epochs: state.as_ref().map_or(0, |s| s.history.len()),
+        best_epoch,
+        train_seconds: state.as_ref().map_or(0.0, |s| s.train_seconds),
+        val,
+        test,
+    })
 }
 
 fn run_predict(p: PredictCmd) -> Result<()> {
@@ -326,7 +376,15 @@ fn run_predict(p: PredictCmd) -> Result<()> {
     let images = predict::collect_images(&p.paths)?;
     // Fail on a bad --out before the work.
     predict::format_predictions(&[], p.out.as_deref(), &spec.classes)?;
-    let preds = predict::predict(&model, &spec, &images, face, p.heatmaps.as_deref(), &device)?;
+    let preds = predict::predict(
+        &model,
+        &spec,
+        &images,
+        face,
+        p.heatmaps.as_deref(),
+        p.tta,
+        &device,
+    )?;
     let text = predict::format_predictions(&preds, p.out.as_deref(), &spec.classes)?;
     match &p.out {
         Some(path) => {

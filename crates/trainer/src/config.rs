@@ -103,6 +103,10 @@ pub struct TrainConfig {
     pub stage1: StageConfig,
     /// Stage 2 of `two-stage` (unused otherwise).
     pub stage2: StageConfig,
+    /// Whether the TOML set `model.aux_head` itself. When it did not, the trainer decides: on for
+    /// a backbone trained from scratch (it stalls without), off with pretrained weights.
+    #[serde(skip)]
+    pub aux_head_set: bool,
 }
 
 impl Default for TrainConfig {
@@ -119,6 +123,7 @@ impl Default for TrainConfig {
             data: DataConfig::default(),
             stage1: StageConfig::default(),
             stage2: StageConfig::default(),
+            aux_head_set: false,
         }
     }
 }
@@ -135,10 +140,14 @@ pub struct Overrides {
 
 impl TrainConfig {
     pub fn from_toml_str(s: &str, origin: &Path) -> Result<Self> {
-        let cfg: TrainConfig = toml::from_str(s).map_err(|e| Error::ConfigFile {
+        let mut cfg: TrainConfig = toml::from_str(s).map_err(|e| Error::ConfigFile {
             path: origin.to_path_buf(),
             message: e.to_string(),
         })?;
+        cfg.aux_head_set = toml::from_str::<toml::Table>(s)
+            .ok()
+            .and_then(|t| t.get("model")?.get("aux_head").cloned())
+            .is_some();
         cfg.validate().map_err(|e| Error::ConfigFile {
             path: origin.to_path_buf(),
             message: e.to_string(),
@@ -159,6 +168,39 @@ impl TrainConfig {
 
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Decides `model.aux_head` when the config left it out (DESIGN: a from-scratch backbone
+    /// needs the auxiliary head, a pretrained one does not) and says which it is and why.
+    pub fn resolve_aux_head(&mut self) -> String {
+        let why = if !self.model.categorical {
+            self.model.aux_head = false;
+            "no categorical task"
+        } else if self.aux_head_set {
+            "set in the config"
+        } else if self.backbone_weights.is_some() {
+            self.model.aux_head = false;
+            "default with pretrained backbone weights"
+        } else {
+            self.model.aux_head = true;
+            "default for a backbone trained from scratch"
+        };
+        self.aux_head_set = true;
+        let state = if self.model.aux_head { "on" } else { "off" };
+        let weight = if self.model.aux_head {
+            format!(
+                ", loss weight {}{}",
+                self.loss.aux_weight,
+                if self.loss.aux_in_stage2 {
+                    " in every stage"
+                } else {
+                    " in stage 1 only"
+                }
+            )
+        } else {
+            String::new()
+        };
+        format!("auxiliary categorical head: {state} ({why}{weight})")
     }
 
     /// `--epochs` sets every stage's epochs; `--lr` the base rate (and clears stage overrides).

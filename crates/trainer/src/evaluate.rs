@@ -1,5 +1,5 @@
 //! Evaluation on a whole split: streaming metrics plus the per-sample predictions the report's
-//! scatter plot and confusion matrix need.
+//! scatter plot and confusion matrix need, single crop or with flip test-time augmentation.
 
 use std::sync::Arc;
 
@@ -10,6 +10,84 @@ use fer_model::TwoAttTwoMt;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+
+/// Test-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    /// The face as it is (single crop).
+    #[default]
+    None,
+    /// The mean of the face and its mirror image: class probabilities and valence/arousal are
+    /// averaged, the class is the argmax of the mean probabilities.
+    Flip,
+}
+
+/// A batch's predictions on the host: class scores (`[B * K]` row-major, or none without a
+/// categorical head) whose row argmax is the predicted class, valence and arousal.
+struct HostOutput {
+    scores: Option<Vec<f32>>,
+    valence: Vec<f32>,
+    arousal: Vec<f32>,
+}
+
+fn host_output(model: &TwoAttTwoMt, x: &Tensor) -> Result<HostOutput> {
+    let out = model.forward(x, false)?;
+    let scores = match &out.logits {
+        Some(l) => Some(l.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    Ok(HostOutput {
+        scores,
+        valence: vec_f32(&out.valence)?,
+        arousal: vec_f32(&out.arousal)?,
+    })
+}
+
+/// Softmax of each row of a row-major `[B * K]` slice, in place.
+pub fn softmax_rows(x: &mut [f32], k: usize) {
+    for row in x.chunks_mut(k) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v as f64;
+        }
+        for v in row.iter_mut() {
+            *v = (*v as f64 / sum) as f32;
+        }
+    }
+}
+
+/// The batch mirrored left to right (the last axis of `[B, C, H, W]`).
+pub fn mirror(x: &Tensor) -> Result<Tensor> {
+    let w = x.dim(3)?;
+    let idx: Vec<u32> = (0..w as u32).rev().collect();
+    let idx = Tensor::from_vec(idx, w, x.device())?;
+    Ok(x.index_select(&idx, 3)?)
+}
+
+/// The model's predictions for a batch of normalised images under `tta`: single crop scores
+/// are the logits; flip scores are the mean of the two softmax probabilities.
+fn predict_batch(model: &TwoAttTwoMt, x: &Tensor, tta: Tta, k: usize) -> Result<HostOutput> {
+    let mut out = host_output(model, x)?;
+    if tta == Tta::Flip {
+        let mut m = host_output(model, &mirror(x)?)?;
+        let mean = |a: &mut Vec<f32>, b: &[f32]| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = 0.5 * (*x + y);
+            }
+        };
+        if let (Some(p), Some(q)) = (&mut out.scores, &mut m.scores) {
+            softmax_rows(p, k);
+            softmax_rows(q, k);
+            mean(p, q);
+        }
+        mean(&mut out.valence, &m.valence);
+        mean(&mut out.arousal, &m.arousal);
+    }
+    Ok(out)
+}
 
 /// One evaluated sample (NaN / -1 where the label or output does not exist).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -38,6 +116,7 @@ pub fn evaluate(
     dataset: Arc<Dataset>,
     batch_size: usize,
     loader_threads: usize,
+    tta: Tta,
     device: &Device,
 ) -> Result<Evaluation> {
     let k = model.config().num_classes;
@@ -50,17 +129,17 @@ pub fn evaluate(
     let mut samples = Vec::with_capacity(loader.dataset().len());
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let out = model.forward(&batch.images, false)?;
-        let (vp, ap) = (vec_f32(&out.valence)?, vec_f32(&out.arousal)?);
+        let out = predict_batch(model, &batch.images, tta, k)?;
+        let (vp, ap) = (&out.valence, &out.arousal);
         let (vt, at) = (vec_f32(&batch.valence)?, vec_f32(&batch.arousal)?);
         let vm = vec_f32(&batch.va_mask)?;
         let targets = batch.expression.to_vec1::<i64>()?;
-        let classes = match &out.logits {
-            Some(l) => l.argmax(1)?.to_dtype(DType::I64)?.to_vec1::<i64>()?,
+        let classes = match &out.scores {
+            Some(p) => fer_losses::metrics::argmax_rows(p, k)?,
             None => vec![-1; batch.len()],
         };
-        acc.push_va(&vp, &ap, &vt, &at, &vm)?;
-        if out.logits.is_some() {
+        acc.push_va(vp, ap, &vt, &at, &vm)?;
+        if out.scores.is_some() {
             acc.push_classes(fer_losses::Predictions::Classes(&classes), &targets)?;
         }
         for i in 0..batch.len() {

@@ -23,6 +23,7 @@ pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod clip;
+pub mod collapse;
 pub mod config;
 pub mod default_run;
 pub mod error;

@@ -12,6 +12,7 @@ use fer_model::checkpoint::Checkpoint;
 use fer_model::TwoAttTwoMt;
 use serde::Serialize;
 
+use crate::evaluate::{mirror, Tta};
 use crate::plots::{self, AttentionFace};
 use crate::state::keys;
 use crate::{Error, Result};
@@ -157,13 +158,16 @@ pub fn load_face(
     ))
 }
 
-/// Predicts every image, in batches; writes heat maps when `heatmaps` is set.
+/// Predicts every image, in batches; writes heat maps (of the face as given) when `heatmaps` is
+/// set. With `Tta::Flip` the probabilities and valence/arousal are the mean of the face's and
+/// its mirror image's.
 pub fn predict(
     model: &TwoAttTwoMt,
     spec: &InputSpec,
     images: &[PathBuf],
     face: Option<FaceBox>,
     heatmaps: Option<&Path>,
+    tta: Tta,
     device: &Device,
 ) -> Result<Vec<Prediction>> {
     let mut resizer = Resizer::new();
@@ -177,13 +181,31 @@ pub fn predict(
         let n = faces.len();
         let x = normalize_images(&faces.concat(), n, spec.size, device)?;
         let o = model.forward(&x, false)?;
-        let probs = match &o.logits {
-            Some(l) => {
-                Some(candle_nn::ops::softmax(&l.to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?)
-            }
-            None => None,
+        let probs_of = |o: &fer_model::ModelOutput| -> Result<Option<Vec<Vec<f32>>>> {
+            Ok(match &o.logits {
+                Some(l) => {
+                    Some(candle_nn::ops::softmax(&l.to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?)
+                }
+                None => None,
+            })
         };
-        let (v, a) = (o.valence.to_vec1::<f32>()?, o.arousal.to_vec1::<f32>()?);
+        let mut probs = probs_of(&o)?;
+        let (mut v, mut a) = (o.valence.to_vec1::<f32>()?, o.arousal.to_vec1::<f32>()?);
+        if tta == Tta::Flip {
+            let m = model.forward(&mirror(&x)?, false)?;
+            let mean = |x: &mut [f32], y: &[f32]| {
+                for (p, q) in x.iter_mut().zip(y) {
+                    *p = 0.5 * (*p + q);
+                }
+            };
+            if let (Some(p), Some(q)) = (&mut probs, probs_of(&m)?) {
+                for (pr, qr) in p.iter_mut().zip(&q) {
+                    mean(pr, qr);
+                }
+            }
+            mean(&mut v, &m.valence.to_vec1::<f32>()?);
+            mean(&mut a, &m.arousal.to_vec1::<f32>()?);
+        }
         for (i, path) in chunk.iter().enumerate() {
             let (expression, probabilities) = match &probs {
                 Some(p) => {

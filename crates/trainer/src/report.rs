@@ -13,42 +13,69 @@ use crate::plots::{self, AttentionFace};
 use crate::state::EpochRecord;
 use crate::{Error, Result};
 
-/// The exact shape of `metrics.json` (and of `trainer eval`'s output): `null` for what the data
-/// lacks.
+/// The metrics of one split, single crop; with flip test-time augmentation beside them (same
+/// shape) when it was computed. `null` for what the data lacks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsJson {
+pub struct SplitMetrics {
+    /// Samples evaluated.
+    pub samples: usize,
     pub valence: Option<RegressionMetrics>,
     pub arousal: Option<RegressionMetrics>,
     pub accuracy: Option<f64>,
     pub macro_f1: Option<f64>,
+    /// `[K][K]` counts, rows = truth, columns = prediction.
     pub confusion: Option<Vec<Vec<u64>>>,
-    pub classes: Vec<String>,
-    pub stage: String,
-    pub epochs: usize,
-    pub train_seconds: f64,
+    /// Predictions per class (the confusion matrix's column sums).
+    pub predicted: Option<Vec<u64>>,
+    /// The same metrics under flip test-time augmentation (the mean of the face and its mirror).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta_flip: Option<Box<SplitMetrics>>,
 }
 
-impl MetricsJson {
-    pub fn new(
-        m: &Metrics,
-        classes: Vec<String>,
-        stage: &str,
-        epochs: usize,
-        train_seconds: f64,
-    ) -> Self {
+impl SplitMetrics {
+    pub fn new(m: &Metrics, samples: usize) -> Self {
         Self {
+            samples,
             valence: m.valence,
             arousal: m.arousal,
             accuracy: m.accuracy,
             macro_f1: m.macro_f1,
+            predicted: m.confusion.as_ref().map(|cm| predicted_counts(cm)),
             confusion: m.confusion.clone(),
-            classes,
-            stage: stage.to_string(),
-            epochs,
-            train_seconds,
+            tta_flip: None,
         }
     }
 
+    pub fn with_tta_flip(mut self, flip: SplitMetrics) -> Self {
+        self.tta_flip = Some(Box::new(flip));
+        self
+    }
+}
+
+/// Column sums of a confusion matrix: how often each class was predicted.
+pub fn predicted_counts(cm: &[Vec<u64>]) -> Vec<u64> {
+    let k = cm.len();
+    (0..k).map(|j| cm.iter().map(|row| row[j]).sum()).collect()
+}
+
+/// The exact shape of `metrics.json` (and of `trainer eval`'s output, which fills the one split
+/// it evaluated). `val` is the split every decision was taken on; `test` is evaluated once, on
+/// the final model, and read by nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsJson {
+    pub classes: Vec<String>,
+    /// The stage whose best epoch is the final model.
+    pub stage: String,
+    /// Epochs trained over all stages.
+    pub epochs: usize,
+    /// The final model's epoch within `stage` (chosen on val).
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+    pub val: Option<SplitMetrics>,
+    pub test: Option<SplitMetrics>,
+}
+
+impl MetricsJson {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plain data serialises")
     }
@@ -58,25 +85,59 @@ fn f(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |x| format!("{x:.4}"))
 }
 
-/// The final table printed at the end of a run and at the top of `report.md`.
+/// The final table printed at the end of a run and at the top of `report.md`: one column per
+/// split (and per flip-TTA evaluation), each labelled.
 pub fn table(m: &MetricsJson) -> String {
-    let mut t = String::from("| metric | valence | arousal |\n| --- | --- | --- |\n");
-    let r = |g: fn(&RegressionMetrics) -> f64| {
-        (f(m.valence.as_ref().map(g)), f(m.arousal.as_ref().map(g)))
-    };
-    for (name, (v, a)) in [
-        ("CCC", r(|x| x.ccc)),
-        ("PCC", r(|x| x.pcc)),
-        ("RMSE", r(|x| x.rmse)),
-        ("SAGR", r(|x| x.sagr)),
-    ] {
-        t.push_str(&format!("| {name} | {v} | {a} |\n"));
+    let mut cols: Vec<(String, &SplitMetrics)> = vec![];
+    for (name, s) in [("val", &m.val), ("test", &m.test)] {
+        if let Some(s) = s {
+            cols.push((name.to_string(), s));
+            if let Some(t) = &s.tta_flip {
+                cols.push((format!("{name} (flip TTA)"), t));
+            }
+        }
     }
-    t.push_str(&format!(
-        "\n| accuracy | macro-F1 |\n| --- | --- |\n| {} | {} |\n",
-        f(m.accuracy),
-        f(m.macro_f1)
-    ));
+    let header = |first: &str| {
+        let mut h = format!("| {first} |");
+        let mut rule = String::from("| --- |");
+        for (name, _) in &cols {
+            h.push_str(&format!(" {name} |"));
+            rule.push_str(" --- |");
+        }
+        format!("{h}\n{rule}\n")
+    };
+    let row = |label: &str, g: &dyn Fn(&SplitMetrics) -> Option<f64>| {
+        let mut r = format!("| {label} |");
+        for (_, s) in &cols {
+            r.push_str(&format!(" {} |", f(g(s))));
+        }
+        r.push('\n');
+        r
+    };
+    let mut t = String::new();
+    let has_va = cols.iter().any(|(_, s)| s.valence.is_some());
+    if has_va {
+        t.push_str(&header("metric"));
+        type Field = fn(&RegressionMetrics) -> f64;
+        let reg: [(&str, Field); 4] = [
+            ("CCC", |x| x.ccc),
+            ("PCC", |x| x.pcc),
+            ("RMSE", |x| x.rmse),
+            ("SAGR", |x| x.sagr),
+        ];
+        for (name, g) in reg {
+            t.push_str(&row(&format!("valence {name}"), &|s| {
+                s.valence.as_ref().map(g)
+            }));
+            t.push_str(&row(&format!("arousal {name}"), &|s| {
+                s.arousal.as_ref().map(g)
+            }));
+        }
+        t.push('\n');
+    }
+    t.push_str(&header("expression"));
+    t.push_str(&row("accuracy", &|s| s.accuracy));
+    t.push_str(&row("macro-F1", &|s| s.macro_f1));
     t
 }
 
@@ -88,7 +149,10 @@ pub struct ReportInput<'a> {
     pub notes: &'a [String],
     pub config_toml: &'a str,
     pub data: &'a Path,
-    pub evaluation: &'a Evaluation,
+    /// The final model on val (single crop).
+    pub val_eval: &'a Evaluation,
+    /// The final model on test (single crop), when the data has a test split.
+    pub test_eval: Option<&'a Evaluation>,
     pub model: &'a TwoAttTwoMt,
     pub val: &'a Dataset,
     pub faces: usize,
@@ -108,20 +172,26 @@ pub fn write(r: &ReportInput) -> Result<()> {
         plots::curves(&r.out.join(&name), stage, &recs)?;
         figures.push((format!("Training curves, {stage}"), name));
     }
-    if let (Some(v), Some(a)) = (&r.metrics.valence, &r.metrics.arousal) {
+    let val = r.metrics.val.as_ref();
+    if let Some((v, a)) = val.and_then(|m| m.valence.zip(m.arousal)) {
         plots::va_scatter(
             &r.out.join("va-scatter.png"),
-            &r.evaluation.samples,
+            &r.val_eval.samples,
             (v.ccc, a.ccc),
         )?;
         figures.push((
-            "Valence and arousal: prediction vs truth".into(),
+            "Valence and arousal on val: prediction vs truth".into(),
             "va-scatter.png".into(),
         ));
     }
-    if let Some(cm) = &r.metrics.confusion {
-        plots::confusion(&r.out.join("confusion.png"), cm, &r.metrics.classes)?;
-        figures.push(("Confusion matrix".into(), "confusion.png".into()));
+    for (split, m, file) in [
+        ("val", val, "confusion.png"),
+        ("test", r.metrics.test.as_ref(), "confusion-test.png"),
+    ] {
+        if let Some(cm) = m.and_then(|m| m.confusion.as_ref()) {
+            plots::confusion(&r.out.join(file), cm, &r.metrics.classes)?;
+            figures.push((format!("Confusion matrix, {split}"), file.into()));
+        }
     }
     if r.faces > 0 && !r.val.is_empty() {
         let faces = attention_faces(
@@ -145,9 +215,11 @@ pub fn write(r: &ReportInput) -> Result<()> {
 
     let mut md = String::from("# Training report\n\n");
     md.push_str(&format!(
-        "Data: `{}`. Stages: {}. Final model: the best epoch of `{}`, {} epochs trained in {:.0} s.\n\n",
+        "Data: `{}`. Stages: {}. Final model: epoch {} of `{}` (the best on val), {} epochs \
+         trained in {:.0} s.\n\n",
         r.data.display(),
         r.stages.join(", "),
+        r.metrics.best_epoch,
         r.metrics.stage,
         r.metrics.epochs,
         r.metrics.train_seconds
@@ -155,25 +227,47 @@ pub fn write(r: &ReportInput) -> Result<()> {
     for n in r.notes {
         md.push_str(&format!("> Note: {n}\n\n"));
     }
-    md.push_str("## Validation metrics\n\n");
+    md.push_str("## Final metrics\n\n");
+    md.push_str(
+        "`val` took every decision (best epoch, early stopping, the stage-2 start); `test` was \
+         evaluated once, on the final model, and decided nothing. Flip TTA: the mean of each \
+         face and its mirror.\n\n",
+    );
     md.push_str(&table(r.metrics));
-    md.push_str("\n## Epochs\n\n| stage | epoch | lr | train loss | val acc | val F1 | CCC v | CCC a | s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    let collapsed: Vec<&EpochRecord> = r.history.iter().filter(|h| h.collapse.is_some()).collect();
+    if !collapsed.is_empty() {
+        md.push_str("\n## Collapse warnings\n\n");
+        for h in collapsed {
+            md.push_str(&format!(
+                "- **{} epoch {}**: {}\n",
+                h.stage,
+                h.epoch,
+                h.collapse.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    md.push_str("\n## Epochs\n\n| stage | epoch | lr | train loss | val acc | val F1 | CCC v | CCC a | s | img/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for h in r.history {
         md.push_str(&format!(
-            "| {} | {}{} | {:.2e} | {:.4} | {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {}{}{} | {:.2e} | {:.4} | {} | {} | {} | {} | {:.1} | {:.0} |\n",
             h.stage,
             h.epoch,
             if h.best { " *" } else { "" },
+            if h.collapse.is_some() { " ⚠" } else { "" },
             h.lr,
             h.train_loss,
             f(h.val_accuracy),
             f(h.val_macro_f1),
             f(h.val_valence_ccc),
             f(h.val_arousal_ccc),
-            h.seconds
+            h.seconds,
+            h.images_per_second
         ));
     }
-    md.push_str("\n`*` marks the best epoch of a stage so far.\n\n## Figures\n\n");
+    md.push_str(
+        "\n`*` marks the best epoch of a stage so far; `⚠` an epoch whose val predictions look \
+         collapsed.\n\n## Figures\n\n",
+    );
     for (title, file) in &figures {
         md.push_str(&format!("### {title}\n\n![{title}]({file})\n\n"));
     }

@@ -25,6 +25,12 @@ pub struct EpochRecord {
     pub val_arousal_ccc: Option<f64>,
     pub val_valence_rmse: Option<f64>,
     pub val_arousal_rmse: Option<f64>,
+    /// Val predictions per class (absent without a categorical head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_predicted: Option<Vec<u64>>,
+    /// The collapse warning of this epoch, if any (see [`crate::collapse`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse: Option<String>,
     /// The early-stopping score of the stage (accuracy in stage 1, mean CCC otherwise).
     pub score: f64,
     pub best: bool,

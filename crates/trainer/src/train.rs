@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::clip::clip_grad_norm;
 use crate::config::TrainConfig;
-use crate::evaluate::{evaluate, Evaluation};
+use crate::evaluate::{evaluate, Evaluation, Tta};
 use crate::init::SeededVarMap;
 use crate::optim::Optimizer;
 use crate::plan::{resolve, Labels, StagePlan};
@@ -55,8 +55,32 @@ pub struct Finished {
     pub state: TrainState,
     pub manifest: Manifest,
     pub model: TwoAttTwoMt,
-    pub evaluation: Evaluation,
+    /// The final model on val, single crop and with flip TTA.
+    pub val_eval: SplitEval,
+    /// The final model on test, evaluated once after training; `None` without a test split.
+    pub test_eval: Option<SplitEval>,
     pub val: Arc<Dataset>,
+}
+
+/// One split's evaluation, single crop and with flip test-time augmentation.
+pub struct SplitEval {
+    pub single: Evaluation,
+    pub flip: Evaluation,
+}
+
+impl SplitEval {
+    pub fn run(
+        ctx_model: &TwoAttTwoMt,
+        ds: Arc<Dataset>,
+        cfg: &TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let (b, t) = (cfg.data.eval_batch_size, cfg.data.loader_threads);
+        Ok(SplitEval {
+            single: evaluate(ctx_model, ds.clone(), b, t, Tta::None, device)?,
+            flip: evaluate(ctx_model, ds, b, t, Tta::Flip, device)?,
+        })
+    }
 }
 
 /// Everything the loop needs, built once.
@@ -90,6 +114,13 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     let manifest = load_manifest(&args.data)?;
     let train = open_split(&args.data, "train")?;
     let val = open_split(&args.data, "val")?;
+    // Opened now so that a broken test split fails the run before training, not after; it is
+    // read once, by the final evaluation.
+    let test = if manifest.has_test() {
+        Some(open_split(&args.data, "test")?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let last = args.out.join(LAST);
 
@@ -132,7 +163,18 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         va: train.has_va(),
         classes: train.has_classes(),
     };
-    let (stages, notes) = resolve(&mut cfg, labels, manifest.num_classes)?;
+    let (stages, mut notes) = resolve(&mut cfg, labels, manifest.num_classes)?;
+    notes.push(cfg.resolve_aux_head());
+    if manifest.is_legacy() {
+        notes.push(format!(
+            "{} was prepared before the train/val/test roles: its val split may be the \
+             source's test set, so the val numbers are not held-out numbers; re-run prepare-data",
+            args.data.display()
+        ));
+    }
+    if test.is_none() {
+        notes.push("the dataset has no test split: only validation numbers are reported".into());
+    }
     for n in &notes {
         eprintln!("note: {n}");
     }
@@ -144,12 +186,16 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
             .collect();
         cfg.loss.class_weights = Some(fer_losses::inverse_frequency_weights(&hist)?);
     }
-    if train.image_size() != val.image_size() {
-        return Err(Error::Data(format!(
-            "train images are {} px but val images {} px",
-            train.image_size(),
-            val.image_size()
-        )));
+    for (name, ds) in [("val", Some(&val)), ("test", test.as_ref())] {
+        if let Some(ds) = ds {
+            if train.image_size() != ds.image_size() {
+                return Err(Error::Data(format!(
+                    "train images are {} px but {name} images {} px",
+                    train.image_size(),
+                    ds.image_size()
+                )));
+            }
+        }
     }
 
     let varmap = VarMap::new();
@@ -188,16 +234,21 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         Err(epochs_done) => return Ok(Outcome::Stopped { epochs_done }),
     };
 
-    // The final model is the best of the last stage.
+    // The final model is the best of the last stage, chosen on val. Only now, once, is it
+    // evaluated on test; nothing reads the result but the report.
     let best = checkpoint::load(args.out.join(BEST), &ctx.device)?;
     best.load_into(&ctx.varmap)?;
-    let evaluation = evaluate(
-        &ctx.model,
-        ctx.val.clone(),
-        ctx.cfg.data.eval_batch_size,
-        ctx.cfg.data.loader_threads,
-        &ctx.device,
-    )?;
+    let val_eval = SplitEval::run(&ctx.model, ctx.val.clone(), &ctx.cfg, &ctx.device)?;
+    let test_eval = match test {
+        Some(ds) => {
+            eprintln!(
+                "evaluating the final model on the test split ({} faces)",
+                ds.len()
+            );
+            Some(SplitEval::run(&ctx.model, ds, &ctx.cfg, &ctx.device)?)
+        }
+        None => None,
+    };
     Ok(Outcome::Finished(Box::new(Finished {
         config: ctx.cfg,
         stages: ctx.stages,
@@ -205,7 +256,8 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         state,
         manifest: ctx.manifest,
         model: ctx.model,
-        evaluation,
+        val_eval,
+        test_eval,
         val: ctx.val,
     })))
 }
@@ -312,9 +364,15 @@ fn run_stages(
                 ctx.val.clone(),
                 ctx.cfg.data.eval_batch_size,
                 ctx.cfg.data.loader_threads,
+                Tta::None,
                 &ctx.device,
             )?;
             let seconds = t0.elapsed().as_secs_f64();
+            let collapse = ev
+                .metrics
+                .confusion
+                .as_ref()
+                .and_then(|cm| crate::collapse::check(cm, &ctx.manifest.class_names));
             state.train_seconds += seconds;
             state.epoch += 1;
             let score = stage_score(plan, &ev.metrics);
@@ -326,8 +384,12 @@ fn run_stages(
             } else {
                 state.bad_epochs += 1;
             }
-            let rec = record(plan, &state, &stats, &ev.metrics, score, best, seconds);
+            let mut rec = record(plan, &state, &stats, &ev.metrics, score, best, seconds);
+            rec.collapse = collapse;
             log_epoch(&rec, scfg.epochs);
+            if let Some(w) = &rec.collapse {
+                eprintln!("warning: {} epoch {}: {w}", plan.name, rec.epoch);
+            }
             state.history.push(rec);
             if let Some(p) = scfg.patience {
                 if state.bad_epochs >= p && state.epoch < scfg.epochs {
@@ -432,6 +494,11 @@ fn record(
         val_arousal_ccc: m.arousal.as_ref().map(|r| r.ccc),
         val_valence_rmse: m.valence.as_ref().map(|r| r.rmse),
         val_arousal_rmse: m.arousal.as_ref().map(|r| r.rmse),
+        val_predicted: m
+            .confusion
+            .as_ref()
+            .map(|cm| crate::report::predicted_counts(cm)),
+        collapse: None,
         score,
         best,
         seconds,

@@ -19,7 +19,20 @@ fn train_eval_predict() {
         out.to_str().unwrap(),
     ]);
     let table = ok(&o);
-    assert!(table.contains("| CCC |"), "{table}");
+    assert!(table.contains("| valence CCC |"), "{table}");
+    assert!(
+        table.contains("| metric | val | val (flip TTA) | test | test (flip TTA) |"),
+        "{table}"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("evaluating the final model on the test split"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("auxiliary categorical head: on (set in the config"),
+        "{stderr}"
+    );
     for f in [
         "config.toml",
         "metrics.jsonl",
@@ -33,6 +46,7 @@ fn train_eval_predict() {
         "curves-stage2.png",
         "va-scatter.png",
         "confusion.png",
+        "confusion-test.png",
         "attention.png",
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
@@ -42,66 +56,126 @@ fn train_eval_predict() {
     assert_eq!(
         keys,
         vec![
-            "accuracy",
-            "arousal",
+            "best_epoch",
             "classes",
-            "confusion",
             "epochs",
-            "macro_f1",
             "stage",
+            "test",
             "train_seconds",
-            "valence"
+            "val"
         ]
     );
-    for t in ["valence", "arousal"] {
-        let r = m[t].as_object().unwrap();
-        let mut k: Vec<&str> = r.keys().map(String::as_str).collect();
+    let manifest = read_json(&data.join("manifest.json"));
+    // val and test blocks have one shape, each with its flip-TTA twin.
+    for split in ["val", "test"] {
+        let b = &m[split];
+        let mut k: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
         k.sort();
-        assert_eq!(k, vec!["ccc", "pcc", "rmse", "sagr"]);
-        assert!(r["rmse"].as_f64().unwrap() >= 0.0);
+        let want = [
+            "accuracy",
+            "arousal",
+            "confusion",
+            "macro_f1",
+            "predicted",
+            "samples",
+            "tta_flip",
+            "valence",
+        ];
+        assert_eq!(k, want, "{split}");
+        let mut tk: Vec<&str> = b["tta_flip"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        tk.sort();
+        assert_eq!(
+            tk,
+            want[..6]
+                .iter()
+                .chain(&want[7..])
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        for t in ["valence", "arousal"] {
+            let r = b[t].as_object().unwrap();
+            let mut k: Vec<&str> = r.keys().map(String::as_str).collect();
+            k.sort();
+            assert_eq!(k, vec!["ccc", "pcc", "rmse", "sagr"]);
+            assert!(r["rmse"].as_f64().unwrap() >= 0.0);
+        }
+        let cm = b["confusion"].as_array().unwrap();
+        assert_eq!(cm.len(), 8);
+        let total: u64 = cm
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        let classed: u64 = manifest["splits"][split]["class_histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            total, classed,
+            "{split}: the confusion counts every classed sample once"
+        );
+        let predicted: u64 = b["predicted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(predicted, total);
+        assert_eq!(b["samples"], manifest["splits"][split]["kept"]);
     }
     assert_eq!(m["stage"], "stage2");
     assert_eq!(m["epochs"], 4);
+    assert!((1..=2).contains(&m["best_epoch"].as_u64().unwrap()));
     assert_eq!(m["classes"].as_array().unwrap().len(), 8);
-    let cm = m["confusion"].as_array().unwrap();
-    assert_eq!(cm.len(), 8);
-    let total: u64 = cm
-        .iter()
-        .flat_map(|r| r.as_array().unwrap())
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    let manifest = read_json(&data.join("manifest.json"));
-    let val_classed: u64 = manifest["splits"]["val"]["class_histogram"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(
-        total, val_classed,
-        "confusion counts every classed val sample once"
-    );
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4);
+    for l in lines.lines() {
+        let r: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(r["val_predicted"].as_array().unwrap().len(), 8);
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("`test` was evaluated once"), "{report}");
     // PNGs decode.
-    for f in ["curves-stage1.png", "attention.png"] {
+    for f in ["curves-stage1.png", "attention.png", "confusion-test.png"] {
         image::open(out.join(f)).unwrap();
     }
 
-    // eval prints the same numbers as metrics.json (same checkpoint, same split).
+    // eval prints the same numbers as metrics.json (same checkpoint, same split), val by
+    // default and test on request, with the flip-TTA block under --tta flip.
     let ck = out.join("best.safetensors");
-    let e = ok(&trainer(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]));
-    let ev: serde_json::Value = serde_json::from_str(&e).unwrap();
-    assert_eq!(ev["accuracy"], m["accuracy"]);
-    assert_eq!(ev["confusion"], m["confusion"]);
-    let dv = (ev["valence"]["ccc"].as_f64().unwrap() - m["valence"]["ccc"].as_f64().unwrap()).abs();
-    assert!(dv < 1e-9, "{dv}");
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(&trainer(&args))).unwrap()
+    };
+    let same = |a: &serde_json::Value, b: &serde_json::Value| {
+        assert_eq!(a["accuracy"], b["accuracy"]);
+        assert_eq!(a["confusion"], b["confusion"]);
+        let dv =
+            (a["valence"]["ccc"].as_f64().unwrap() - b["valence"]["ccc"].as_f64().unwrap()).abs();
+        assert!(dv < 1e-9, "{dv}");
+    };
+    let ev = eval(&[]);
+    assert!(ev["test"].is_null() && ev["val"]["tta_flip"].is_null());
+    same(&ev["val"], &m["val"]);
+    assert_eq!(ev["best_epoch"], m["best_epoch"]);
+    let et = eval(&["--split", "test", "--tta", "flip"]);
+    assert!(et["val"].is_null());
+    same(&et["test"], &m["test"]);
+    same(&et["test"]["tta_flip"], &m["test"]["tta_flip"]);
 
     // predict on a folder of raw images, CSV and JSONL, with heat maps.
     let imgs = data.parent().unwrap().join("raw/Manually_Annotated_Images");
@@ -146,6 +220,38 @@ fn train_eval_predict() {
     for t in ["valence", "arousal"] {
         let v = rec[t].as_f64().unwrap();
         assert!((-1.0..=1.0).contains(&v));
+    }
+
+    // Flip TTA predicts the mean of the face and its mirror: check it against two single-crop
+    // predictions, of the face and of a mirrored copy of the file (at the model's 32 px, so
+    // that no resize stands between the two).
+    let face = image::open(&one)
+        .unwrap()
+        .resize_exact(32, 32, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    let (a, b) = (run.path().join("a.png"), run.path().join("b.png"));
+    face.save(&a).unwrap();
+    image::imageops::flip_horizontal(&face).save(&b).unwrap();
+    let predict = |extra: &[&str], files: &[&std::path::Path]| -> Vec<serde_json::Value> {
+        let mut args = vec!["predict", "--checkpoint", ck.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend(files.iter().map(|f| f.to_str().unwrap()));
+        ok(&trainer(&args))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let singles = predict(&[], &[&a, &b]);
+    let tta = predict(&["--tta", "flip"], &[&a]).remove(0);
+    let num = |v: &serde_json::Value| v.as_f64().unwrap();
+    for (class, p) in tta["probabilities"].as_object().unwrap() {
+        let mean = 0.5
+            * (num(&singles[0]["probabilities"][class]) + num(&singles[1]["probabilities"][class]));
+        assert!((num(p) - mean).abs() < 1e-6, "{class}: {p} vs {mean}");
+    }
+    for t in ["valence", "arousal"] {
+        let mean = 0.5 * (num(&singles[0][t]) + num(&singles[1][t]));
+        assert!((num(&tta[t]) - mean).abs() < 1e-6, "{t}");
     }
 }
 

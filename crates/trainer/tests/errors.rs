@@ -190,9 +190,12 @@ fn image_folder_set_trains_categorically() {
     );
     assert!(table.contains("accuracy"));
     let m = read_json(&run.join("metrics.json"));
-    assert!(m["valence"].is_null() && m["arousal"].is_null());
-    assert!(m["accuracy"].as_f64().is_some());
-    assert!(m["macro_f1"].as_f64().is_some());
+    for split in ["val", "test"] {
+        let b = &m[split];
+        assert!(b["valence"].is_null() && b["arousal"].is_null(), "{split}");
+        assert!(b["accuracy"].as_f64().is_some(), "{split}");
+        assert!(b["macro_f1"].as_f64().is_some(), "{split}");
+    }
     assert_eq!(m["stage"], "stage1");
     assert_eq!(m["epochs"], 2);
     assert!(!run.join("va-scatter.png").exists());

@@ -44,7 +44,8 @@ fn resumed_runs_match_an_uninterrupted_one() {
     let full = dir.path().join("full");
     ok(&train(&full, &[]));
     let (m_full, h_full) = numbers(&full);
-    assert!(m_full["accuracy"].is_number());
+    assert!(m_full["val"]["accuracy"].is_number());
+    assert!(m_full["test"]["accuracy"].is_number());
 
     // Stopped inside stage 1 (after epoch 1) and at the stage boundary (after epoch 2), then
     // once more inside stage 2: three resumes.

@@ -3,13 +3,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::crop::FaceBox;
 use crate::labels;
 use crate::manifest::{SkipReason, SkippedRow};
 use crate::{Error, Result};
 
-/// The two output splits, in output order.
-pub const SPLITS: [&str; 2] = ["train", "val"];
+/// The three output splits, in output order: `train` fits, `val` takes every decision (best
+/// epoch, early stopping, tuning), `test` is evaluated once at the end.
+pub const SPLITS: [&str; 3] = ["train", "val", "test"];
 
 /// A row whose labels are valid; its image still has to be decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,12 +62,141 @@ impl SplitListing {
     }
 }
 
-/// A whole source, as read: `train` then `val`.
+/// A whole source, as read: `train`, `val` and `test` ([`SPLITS`] order). A source without a
+/// validation split of its own leaves `val` empty ([`Listing::carve_val`] fills it); one
+/// without a test split leaves `test` empty.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Listing {
-    pub splits: [SplitListing; 2],
+    pub splits: [SplitListing; 3],
+    /// Where each split's rows come from in the source, in words (for the manifest).
+    pub origins: [String; 3],
     /// Name -> code mapping used for name-labelled sources.
     pub class_map: BTreeMap<String, i64>,
+}
+
+/// How a validation split was carved from the training rows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValCarve {
+    /// The share of each class's training candidates moved to `val` (rounded per class).
+    pub fraction: f64,
+    /// Seeds which candidates are chosen.
+    pub seed: u64,
+}
+
+impl Listing {
+    /// Moves a stratified, seeded share of the training candidates into `val`, when the source
+    /// gave no validation rows; returns what was done (`None` when `val` came from the source).
+    ///
+    /// `round(fraction * n)` of the `n` training candidates go to `val`, shared among the classes
+    /// (candidates without a class form one more group) in proportion to their size (largest
+    /// remainders: each class gets its share rounded down or up). Within a class the candidates
+    /// are ranked by a seeded hash of their source name and the first ones go. The choice depends only on the names, the classes, the fraction and the seed:
+    /// not on the listing order, the thread count or earlier runs. Candidates keep their source
+    /// row; a carved `val` row is a row of the training list.
+    pub fn carve_val(&mut self, fraction: f64, seed: u64) -> Result<Option<ValCarve>> {
+        if self.splits[0].rows == 0 {
+            return Err(Error::Options(
+                "the source has no training rows (every row is a val or test row)".into(),
+            ));
+        }
+        if self.splits[1].rows > 0 {
+            return Ok(None);
+        }
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(Error::Options(format!(
+                "the source has no validation split and --val-fraction is {fraction}: \
+                 give a fraction in (0, 1) to carve one from training"
+            )));
+        }
+        let train = std::mem::take(&mut self.splits[0].candidates);
+        let mut by_class: BTreeMap<i64, Vec<(f64, usize)>> = BTreeMap::new();
+        for (i, c) in train.iter().enumerate() {
+            by_class
+                .entry(c.expression)
+                .or_default()
+                .push((carve_key(seed, &c.name), i));
+        }
+        let quotas = stratum_quotas(
+            &by_class.values().map(Vec::len).collect::<Vec<_>>(),
+            fraction,
+        );
+        let mut to_val = vec![false; train.len()];
+        for (members, take) in by_class.values_mut().zip(quotas) {
+            // Ties (equal keys) fall back to the listing position, so the order is total.
+            members.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for &(_, i) in &members[..take] {
+                to_val[i] = true;
+            }
+        }
+        let (mut kept, mut carved) = (Vec::new(), Vec::new());
+        for (c, v) in train.into_iter().zip(to_val) {
+            if v {
+                carved.push(c);
+            } else {
+                kept.push(c);
+            }
+        }
+        if carved.is_empty() {
+            let n = kept.len();
+            self.splits[0].candidates = kept;
+            return Err(Error::Options(format!(
+                "--val-fraction {fraction} carves no validation sample from {n} training \
+                 candidates: raise it"
+            )));
+        }
+        self.splits[0].rows -= carved.len();
+        self.splits[1].rows = carved.len();
+        self.splits[0].candidates = kept;
+        self.splits[1].candidates = carved;
+        self.origins[1] = format!(
+            "carved from the training rows: {:.1} % of each class, seed {seed}",
+            100.0 * fraction
+        );
+        Ok(Some(ValCarve { fraction, seed }))
+    }
+}
+
+/// Splits `round(fraction * total)` among strata of the given sizes: each gets
+/// `floor(fraction * size)`, and the rest go one each to the largest remainders (earlier strata
+/// first on ties).
+pub fn stratum_quotas(sizes: &[usize], fraction: f64) -> Vec<usize> {
+    let total: usize = sizes.iter().sum();
+    let want = (fraction * total as f64).round() as usize;
+    let exact: Vec<f64> = sizes.iter().map(|&n| fraction * n as f64).collect();
+    let mut quotas: Vec<usize> = exact.iter().map(|q| q.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    let mut left = want.saturating_sub(quotas.iter().sum());
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        if quotas[i] < sizes[i] {
+            quotas[i] += 1;
+            left -= 1;
+        }
+    }
+    quotas
+}
+
+/// The rank of a candidate in the carve: FNV-1a over the seed and the name, then a SplitMix64
+/// finaliser, mapped to [0, 1) (std's hasher is not stable across Rust versions; the carve must
+/// not change).
+pub fn carve_key(seed: u64, name: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.to_le_bytes().iter().chain(name.as_bytes()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A CSV list opened for row-by-row reading: the header names (trimmed) and the reader.

@@ -5,8 +5,14 @@
 //!   prepare-options.json      the options the shards were made with (for resuming)
 //!   train/shard-00000.safetensors ...
 //!   val/shard-00000.safetensors ...
+//!   test/shard-00000.safetensors ...    only when the source has a test split
 //!   manifest.json             written last: its presence means the folder is complete
 //! ```
+//!
+//! The three splits have three roles, never mixed: `train` fits, `val` takes every decision and
+//! `test` is evaluated once at the end. A source without a validation split of its own gets one
+//! carved from its training rows ([`Listing::carve_val`]: stratified by class, seeded); the
+//! manifest says where each split came from.
 //!
 //! The candidates of a split (rows whose labels are valid) are cut into consecutive blocks of
 //! `shard_size`; block `k` becomes `shard-k`, holding the rows of that block whose image decoded,
@@ -28,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{Manifest, SourceInfo};
 use crate::{affectnet, folder, plain_csv, Error, Result};
 
-pub use listing::{Candidate, Listing, SplitListing, SPLITS};
+pub use listing::{carve_key, stratum_quotas, Candidate, Listing, SplitListing, ValCarve, SPLITS};
 pub use run::{decode_rgb, load, RunReport};
 
 /// Where to read a dataset from.
@@ -65,9 +71,7 @@ impl Source {
             Source::Folder { root } => {
                 folder::read(root, config.num_classes, config.skip_unknown_classes)
             }
-            Source::Csv { file, images } => {
-                plain_csv::read(file, images, config.num_classes, config.val_fraction)
-            }
+            Source::Csv { file, images } => plain_csv::read(file, images, config.num_classes),
         }
     }
 }
@@ -86,8 +90,11 @@ pub struct PrepareConfig {
     pub shard_size: usize,
     /// Decoding threads; 0 = one per core.
     pub threads: usize,
-    /// Fraction of a plain CSV without a `split` column that goes to `val`.
+    /// When the source has no validation split: the share of each class's training rows carved
+    /// into `val`.
     pub val_fraction: f64,
+    /// Seeds which training rows are carved into `val`.
+    pub val_seed: u64,
     /// Count images in unknown class folders as skipped instead of failing.
     pub skip_unknown_classes: bool,
     /// Show a progress bar (only ever drawn on a terminal).
@@ -103,6 +110,7 @@ impl Default for PrepareConfig {
             shard_size: 1024,
             threads: 0,
             val_fraction: 0.1,
+            val_seed: 0,
             skip_unknown_classes: false,
             progress: false,
         }
@@ -142,8 +150,8 @@ impl PrepareConfig {
 /// use fer_data::prepare::{prepare, PrepareConfig, Source};
 ///
 /// let dir = tempfile::tempdir().unwrap();
-/// // A one-image folder dataset: train/happy/a.png and val/sad/b.png.
-/// for (split, class) in [("train", "happy"), ("val", "sad")] {
+/// // A tiny folder dataset: train/happy/a.png, val/sad/a.png and test/fear/a.png.
+/// for (split, class) in [("train", "happy"), ("val", "sad"), ("test", "fear")] {
 ///     let d = dir.path().join("faces").join(split).join(class);
 ///     std::fs::create_dir_all(&d).unwrap();
 ///     image::RgbImage::from_pixel(20, 20, image::Rgb([200, 120, 90]))
@@ -155,7 +163,10 @@ impl PrepareConfig {
 /// let m = prepare(&source, &dir.path().join("out"), &config).unwrap();
 /// assert_eq!(m.splits["train"].kept, 1);
 /// assert_eq!(m.splits["val"].class_histogram[2], 1); // Sad
+/// assert_eq!(m.splits["test"].class_histogram[4], 1); // Fear
 /// assert_eq!(m.class_map["happy"], 1);
+/// assert!(m.val_carve.is_none()); // the source had its own val/
+/// assert_eq!(m.split_origins["test"], "the test/ folder");
 /// ```
 pub fn prepare(source: &Source, out: &Path, config: &PrepareConfig) -> Result<Manifest> {
     Ok(prepare_with_report(source, out, config)?.0)
@@ -168,8 +179,9 @@ pub fn prepare_with_report(
     config: &PrepareConfig,
 ) -> Result<(Manifest, RunReport)> {
     config.validate()?;
-    let listing = source.read(config)?;
-    run::run(source, &listing, out, config)
+    let mut listing = source.read(config)?;
+    let carve = listing.carve_val(config.val_fraction, config.val_seed)?;
+    run::run(source, &listing, carve, out, config)
 }
 
 /// Opens the manifest of a prepared folder.

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::listing::{Candidate, Listing, RowError, SPLITS};
+use super::listing::{Candidate, Listing, RowError, ValCarve, SPLITS};
 use super::{PrepareConfig, Source};
 use crate::crop::{self, BoxError};
 use crate::manifest::{
@@ -45,12 +45,14 @@ struct Options {
     num_classes: usize,
     shard_size: usize,
     val_fraction: f64,
+    val_seed: u64,
     skip_unknown_classes: bool,
 }
 
 pub(super) fn run(
     source: &Source,
     listing: &Listing,
+    val_carve: Option<ValCarve>,
     out: &Path,
     config: &PrepareConfig,
 ) -> Result<(Manifest, RunReport)> {
@@ -74,14 +76,24 @@ pub(super) fn run(
         num_classes: config.num_classes,
         shard_size: config.shard_size,
         val_fraction: config.val_fraction,
+        val_seed: config.val_seed,
         skip_unknown_classes: config.skip_unknown_classes,
     };
     let same_options = read_options(&out.join(OPTIONS_FILE)) == Some(options.clone());
     clean_split_dir(out, false)?;
-    for split in SPLITS {
+    // A split the source does not have (a test split, usually) gets no folder; one left by an
+    // earlier run of another source is removed.
+    let present: Vec<bool> = listing.splits.iter().map(|s| s.rows > 0).collect();
+    for (split, &here) in SPLITS.iter().zip(&present) {
         let dir = out.join(split);
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        clean_split_dir(&dir, !same_options)?;
+        if here {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            clean_split_dir(&dir, !same_options)?;
+        } else if dir.is_dir() {
+            clean_split_dir(&dir, true)?;
+            remove_stale_shards(&dir, &[])?;
+            let _ = fs::remove_dir(&dir);
+        }
     }
     let bytes = serde_json::to_vec_pretty(&options).expect("options serialise");
     atomic::write_atomic(&out.join(OPTIONS_FILE), &bytes)?;
@@ -97,6 +109,9 @@ pub(super) fn run(
     let mut skipped: BTreeMap<SkipReason, Vec<SkippedRow>> = BTreeMap::new();
     let mut splits = BTreeMap::new();
     for (si, split) in SPLITS.iter().enumerate() {
+        if !present[si] {
+            continue;
+        }
         let src = &listing.splits[si];
         let dir = out.join(split);
         let mut summary = SplitSummary {
@@ -174,6 +189,14 @@ pub(super) fn run(
             .collect(),
         class_map: listing.class_map.clone(),
         splits,
+        split_origins: SPLITS
+            .iter()
+            .zip(&listing.origins)
+            .zip(&present)
+            .filter(|(_, &here)| here)
+            .map(|((s, o), _)| (s.to_string(), o.clone()))
+            .collect(),
+        val_carve,
         skipped,
     };
     manifest.check().map_err(|reason| Error::Invalid {

@@ -61,10 +61,10 @@
 //! byte-identical for a seed whatever the number of threads.
 //!
 //! ```
-//! use fer_data::synth::{generate, Layout, SynthConfig};
+//! use fer_data::synth::{generate, SynthConfig};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let cfg = SynthConfig { train: 16, val: 8, image_size: 64, seed: 7, layout: Layout::AffectNet };
+//! let cfg = SynthConfig { train: 16, val: 8, image_size: 64, seed: 7, ..SynthConfig::default() };
 //! let summary = generate(dir.path(), &cfg)?;
 //! assert_eq!(summary.train.per_code[1], 2); // 16 images over 8 classes
 //! assert!(dir.path().join("Manually_Annotated_file_lists/training.csv").exists());
@@ -121,6 +121,10 @@ impl std::str::FromStr for Layout {
 pub struct SynthConfig {
     /// Training images of codes 0..=7 (balanced); codes 8-10 come on top.
     pub train: usize,
+    /// Training images per code 0..=7 instead of `train` balanced ones (up to 8 counts; missing
+    /// codes get none): an imbalanced set, as real ones are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_class_counts: Option<Vec<usize>>,
     /// Validation images of codes 0..=7 (balanced); codes 8-10 come on top.
     pub val: usize,
     /// Side of the square images in pixels (at least [`MIN_IMAGE_SIZE`]).
@@ -136,6 +140,7 @@ impl Default for SynthConfig {
     fn default() -> Self {
         SynthConfig {
             train: 8000,
+            train_class_counts: None,
             val: 1600,
             image_size: 96,
             seed: 0,

@@ -132,12 +132,25 @@ struct Item {
     va: (f32, f32),
 }
 
-/// The shuffled codes of a split: `n` balanced over 0..=7, plus about 2 % cycling over 8..=10
-/// when `extras` is set.
-fn split_codes(n: usize, extras: bool, seed: u64, split: Split) -> Vec<i64> {
-    let mut codes: Vec<i64> = (0..n).map(|i| (i % 8) as i64).collect();
+/// The shuffled codes of a split: `n` balanced over 0..=7 (or `per_class[c]` of code `c`), plus
+/// about 2 % cycling over 8..=10 when `extras` is set.
+fn split_codes(
+    n: usize,
+    per_class: Option<&[usize]>,
+    extras: bool,
+    seed: u64,
+    split: Split,
+) -> Vec<i64> {
+    let mut codes: Vec<i64> = match per_class {
+        Some(counts) => counts
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &k)| std::iter::repeat_n(c as i64, k))
+            .collect(),
+        None => (0..n).map(|i| (i % 8) as i64).collect(),
+    };
     if extras {
-        let extra = (n as f64 * 0.02).round() as usize;
+        let extra = (codes.len() as f64 * 0.02).round() as usize;
         codes.extend((0..extra).map(|i| 8 + (i % 3) as i64));
     }
     codes.shuffle(&mut item_rng(seed, split.stream() + 100, 0));
@@ -208,15 +221,26 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             ),
         });
     }
+    if let Some(counts) = &cfg.train_class_counts {
+        if counts.len() > 8 || counts.iter().sum::<usize>() == 0 {
+            return Err(Error::Invalid {
+                path: out.to_path_buf(),
+                reason: format!(
+                    "train_class_counts {counts:?}: give at most 8 counts (codes 0..=7), not all 0"
+                ),
+            });
+        }
+    }
     let extras = cfg.layout == Layout::AffectNet;
+    let train_counts = cfg.train_class_counts.as_deref();
     let splits = [
         (
             Split::Train,
-            split_codes(cfg.train, extras, cfg.seed, Split::Train),
+            split_codes(cfg.train, train_counts, extras, cfg.seed, Split::Train),
         ),
         (
             Split::Val,
-            split_codes(cfg.val, extras, cfg.seed, Split::Val),
+            split_codes(cfg.val, None, extras, cfg.seed, Split::Val),
         ),
     ];
     let pb = progress(splits.iter().map(|s| s.1.len()).sum(), "synthetic faces");

@@ -40,6 +40,7 @@ fn build(dir: &Path, layout: Layout) -> PathBuf {
             image_size: 40,
             seed: 3,
             layout,
+            ..SynthConfig::default()
         },
     )
     .unwrap();
@@ -54,6 +55,8 @@ fn build(dir: &Path, layout: Layout) -> PathBuf {
         &PrepareConfig {
             size: 32,
             threads: 1,
+            // A quarter of 64 training faces: enough val faces to pick epochs on.
+            val_fraction: 0.25,
             ..PrepareConfig::default()
         },
     )
