@@ -1,5 +1,6 @@
 //! `cargo xtask bench-train`: images/second of a stage-2 training step and of inference, and the
-//! peak RSS, for three model sizes; optionally next to the PyTorch reference of the same model.
+//! peak RSS, for five model configs; optionally next to the PyTorch reference of the same model
+//! (the script gets the config's `ModelConfig` as JSON).
 //!
 //! Each config runs in a child process (this executable with the hidden `--child` flag), so its
 //! peak RSS (`VmHWM`) is its own. The child prints one JSON line, the parent the table. The
@@ -18,6 +19,8 @@ enum Which {
     A,
     B,
     C,
+    D,
+    E,
     All,
 }
 
@@ -41,7 +44,9 @@ impl Kernels {
 #[derive(clap::Args)]
 pub struct BenchTrainArgs {
     /// a: ResNet-18 at 112 px, batch 32; b: ResNet-18 at 224 px, batch 16; c: ResNet-50 at
-    /// 224 px, batch 8.
+    /// 224 px, batch 8 (a-c: the default model without its auxiliary head); d: the model of
+    /// configs/fer2013-cpu.toml at 48 px, batch 64; e: the model of configs/default-cpu.toml at
+    /// 48 px, batch 64 (d, e: with their auxiliary head).
     #[arg(long, value_enum, default_value_t = Which::All)]
     config: Which,
     /// Timed steps (after 2 warm-up steps); the median is reported.
@@ -107,7 +112,7 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         .collect();
     if args.child {
         let [case] = cases[..] else {
-            bail!("--child needs one --config (a, b or c)")
+            bail!("--child needs one --config (a to e)")
         };
         // As the trainer binary does at start-up, so that the figures are the trainer's.
         trainer::alloc::keep_freed_memory();
@@ -169,6 +174,8 @@ fn which_name(w: Which) -> Option<&'static str> {
         Which::A => Some("a"),
         Which::B => Some("b"),
         Which::C => Some("c"),
+        Which::D => Some("d"),
+        Which::E => Some("e"),
         Which::All => None,
     }
 }
@@ -193,14 +200,15 @@ fn print_header(threads: usize, kernels: Kernels, steps: u64) {
     }
 }
 
+/// Width of the label column: the longest label, "(e) default R18 x0.25 48 px, batch 64", and
+/// a space.
+const LABEL_WIDTH: usize = 38;
+
 fn print_row(case: &Case, row: &Row) {
-    let label = format!(
-        "({}) ResNet-{} {} px, batch {}",
-        case.name, case.depth, case.size, case.batch
-    );
+    let label = case.label();
     let line = |who: &str, s: &Speed| {
         println!(
-            "{who:32} train {:8.2} img/s   infer {:8.2} img/s   peak RSS {:6.0} MiB",
+            "{who:LABEL_WIDTH$} train {:8.2} img/s   infer {:8.2} img/s   peak RSS {:6.0} MiB",
             s.train_img_s, s.infer_img_s, s.peak_rss_mib
         )
     };
@@ -213,7 +221,7 @@ fn print_row(case: &Case, row: &Row) {
         };
         line("    PyTorch", &torch);
         println!(
-            "{:32} train {:8.2}x        infer {:8.2}x",
+            "{:LABEL_WIDTH$} train {:8.2}x        infer {:8.2}x",
             "    ours / PyTorch", v.train_ratio, v.infer_ratio
         );
     }
@@ -262,11 +270,13 @@ fn pytorch_available(say: &dyn Fn(String)) -> bool {
     false
 }
 
-/// Runs the PyTorch reference on one config in a fresh Python process.
+/// Runs the PyTorch reference on one config in a fresh Python process; it builds the same model
+/// from the case's `ModelConfig` JSON.
 fn run_pytorch(case: &Case, steps: u64, threads: usize) -> anyhow::Result<Speed> {
+    let model = serde_json::to_string(&case.model())?;
     let mut cmd = Command::new("python3");
     cmd.arg(reference_script())
-        .args(["--depth", &case.depth.to_string()])
+        .args(["--model-json", &model])
         .args(["--size", &case.size.to_string()])
         .args(["--batch", &case.batch.to_string()])
         .args(["--steps", &steps.to_string()])

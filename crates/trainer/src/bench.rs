@@ -1,15 +1,19 @@
 //! The training benchmark's measurement: images/second of a stage-2 training step (train-mode
-//! forward, `L_va + lambda * CE`, backward, AdamW step) and of an eval-mode forward, on random
-//! inputs, for three model sizes. `cargo xtask bench-train` runs it on the CPU (one child process
-//! per config, for its peak RSS) and `trainer gpu-check` on a GPU;
-//! `tests/reference/bench/bench_pytorch.py` times PyTorch the same way.
+//! forward, `L_va + lambda * CE (+ aux_weight * CE_aux)`, backward, AdamW step) and of an
+//! eval-mode forward, on random inputs, for the model sizes of [`CASES`]. `cargo xtask
+//! bench-train` runs it on the CPU (one child process per config, for its peak RSS) and `trainer
+//! gpu-check` on a GPU; `tests/reference/bench/bench_pytorch.py` times PyTorch the same way, given
+//! the case's [`Case::model`] as JSON.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use fer_losses::{stage_loss, ClassInputs, LossConfig, Stage, VaInputs};
-use fer_model::{trainable_vars, ModelConfig, TwoAttTwoMt};
+use fer_model::{
+    trainable_vars, BackboneConfig, BiRnnConfig, ModelConfig, PositionAttentionConfig, RnnKind,
+    Stem, TwoAttTwoMt,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -18,37 +22,115 @@ use crate::{Error, Result};
 /// Untimed steps before the timed ones (ours and PyTorch alike).
 pub const WARMUP: usize = 2;
 
+/// The model a [`Case`] trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// `ModelConfig::default()` (the sizes of DESIGN.md) with this backbone depth and no
+    /// auxiliary head.
+    Paper { depth: usize },
+    /// The model of `configs/fer2013-cpu.toml`.
+    Fer2013Cpu,
+    /// The model of `configs/default-cpu.toml`.
+    DefaultCpu,
+}
+
 /// One benchmark config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Case {
     pub name: &'static str,
-    pub depth: usize,
+    /// What the row label says about the model, e.g. "ResNet-18".
+    pub desc: &'static str,
+    pub arch: Arch,
     pub size: usize,
     pub batch: usize,
 }
 
 /// a: ResNet-18 at 112 px, batch 32; b: ResNet-18 at 224 px, batch 16; c: ResNet-50 at 224 px,
-/// batch 8.
-pub const CASES: [Case; 3] = [
+/// batch 8 (a-c: the default model, no auxiliary head); d: the FER-2013 CPU model
+/// (`configs/fer2013-cpu.toml`) at 48 px, batch 64; e: the default CPU model
+/// (`configs/default-cpu.toml`) at 48 px, batch 64 (d, e: with their auxiliary head).
+pub const CASES: [Case; 5] = [
     Case {
         name: "a",
-        depth: 18,
+        desc: "ResNet-18",
+        arch: Arch::Paper { depth: 18 },
         size: 112,
         batch: 32,
     },
     Case {
         name: "b",
-        depth: 18,
+        desc: "ResNet-18",
+        arch: Arch::Paper { depth: 18 },
         size: 224,
         batch: 16,
     },
     Case {
         name: "c",
-        depth: 50,
+        desc: "ResNet-50",
+        arch: Arch::Paper { depth: 50 },
         size: 224,
         batch: 8,
     },
+    Case {
+        name: "d",
+        desc: "FER R18 x0.5",
+        arch: Arch::Fer2013Cpu,
+        size: 48,
+        batch: 64,
+    },
+    Case {
+        name: "e",
+        desc: "default R18 x0.25",
+        arch: Arch::DefaultCpu,
+        size: 48,
+        batch: 64,
+    },
 ];
+
+impl Case {
+    /// The model config this case builds (the PyTorch twin gets it as JSON).
+    pub fn model(&self) -> ModelConfig {
+        // d and e: the two CPU configs' [model] sections (a test checks they still match).
+        let cpu = |num_classes, width, d, a, hidden, cat_hidden| ModelConfig {
+            backbone: BackboneConfig {
+                depth: 18,
+                width,
+                stem: Stem::Small,
+                stem_stride: 2,
+                taps: vec!["layer2".into(), "layer3".into(), "layer4".into()],
+            },
+            attention: PositionAttentionConfig { d, a },
+            rnn: BiRnnConfig {
+                kind: RnnKind::Lstm,
+                hidden,
+            },
+            att2_width: 32,
+            cat_hidden,
+            va_hidden: 64,
+            num_classes,
+            aux_head: true,
+            ..ModelConfig::default()
+        };
+        match self.arch {
+            Arch::Paper { depth } => {
+                let mut cfg = ModelConfig::default();
+                cfg.backbone.depth = depth;
+                cfg.aux_head = false;
+                cfg
+            }
+            Arch::Fer2013Cpu => cpu(7, 0.5, 128, 64, 64, 128),
+            Arch::DefaultCpu => cpu(8, 0.25, 64, 32, 32, 64),
+        }
+    }
+
+    /// The row label, e.g. "(a) ResNet-18 112 px, batch 32".
+    pub fn label(&self) -> String {
+        format!(
+            "({}) {} {} px, batch {}",
+            self.name, self.desc, self.size, self.batch
+        )
+    }
+}
 
 /// What one process measured (ours or PyTorch's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,10 +145,7 @@ pub struct Speed {
 /// eval-mode forwards; the median step time of each. The figures are the trainer's when the
 /// process has tuned its allocator as the trainer does ([`crate::alloc::keep_freed_memory`]).
 pub fn measure(case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
-    let mut cfg = ModelConfig::default();
-    cfg.backbone.depth = case.depth;
-    // The PyTorch reference has no auxiliary head.
-    cfg.aux_head = false;
+    let cfg = case.model();
     let varmap = VarMap::new();
     let model = TwoAttTwoMt::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
     let opt_cfg = OptimizerConfig {
@@ -170,6 +249,43 @@ mod tests {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn cases_build_the_models_they_name() {
+        let names: Vec<_> = CASES.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        for case in &CASES {
+            case.model().validate().unwrap();
+        }
+        // a-c: the default model, depth set, no auxiliary head.
+        let c = CASES[2].model();
+        assert_eq!(c.backbone.depth, 50);
+        assert!(!c.aux_head);
+        let mut default = ModelConfig::default();
+        default.backbone.depth = 50;
+        default.aux_head = false;
+        assert_eq!(c, default);
+        assert_eq!(CASES[0].label(), "(a) ResNet-18 112 px, batch 32");
+        assert_eq!(CASES[3].label(), "(d) FER R18 x0.5 48 px, batch 64");
+    }
+
+    /// d and e benchmark the CPU configs' models: a change to either file shows up here.
+    #[test]
+    fn cpu_cases_match_their_config_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for (case, file) in [
+            (&CASES[3], "fer2013-cpu.toml"),
+            (&CASES[4], "default-cpu.toml"),
+        ] {
+            let cfg = crate::config::TrainConfig::from_file(&dir.join(file)).unwrap();
+            assert_eq!(case.model(), cfg.model, "config {} vs {file}", case.name);
+            assert_eq!(
+                case.batch, cfg.data.batch_size,
+                "config {} vs {file}",
+                case.name
+            );
+        }
     }
 
     #[test]

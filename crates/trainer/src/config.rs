@@ -172,7 +172,7 @@ impl TrainConfig {
 
     /// Decides `model.aux_head` when the config left it out (DESIGN: a from-scratch backbone
     /// needs the auxiliary head, a pretrained one does not) and says which it is and why.
-    pub fn resolve_aux_head(&mut self) -> String {
+    pub fn resolve_aux_head(&mut self, has_stage2: bool) -> String {
         let why = if !self.model.categorical {
             self.model.aux_head = false;
             "no categorical task"
@@ -187,18 +187,18 @@ impl TrainConfig {
         };
         self.aux_head_set = true;
         let state = if self.model.aux_head { "on" } else { "off" };
-        let weight = if self.model.aux_head {
-            format!(
-                ", loss weight {}{}",
+        let weight = match (self.model.aux_head, has_stage2) {
+            (false, _) => String::new(),
+            (true, false) => format!(", loss weight {}", self.loss.aux_weight),
+            (true, true) => format!(
+                ", loss weight {} in stage 1{}",
                 self.loss.aux_weight,
                 if self.loss.aux_in_stage2 {
-                    " in every stage"
+                    " and stage 2"
                 } else {
-                    " in stage 1 only"
+                    ", none in stage 2"
                 }
-            )
-        } else {
-            String::new()
+            ),
         };
         format!("auxiliary categorical head: {state} ({why}{weight})")
     }
@@ -291,6 +291,45 @@ mod tests {
     }
 
     #[test]
+    fn the_auxiliary_head_follows_the_design_unless_set() {
+        let parse = |s: &str| TrainConfig::from_toml_str(s, Path::new("x.toml")).unwrap();
+        // Left out, from scratch: on.
+        let mut c = parse("[model]\nnum_classes = 7\n");
+        assert!(!c.aux_head_set);
+        let note = c.resolve_aux_head(true);
+        assert!(c.model.aux_head, "{note}");
+        assert!(
+            note.contains("on (default for a backbone trained from scratch"),
+            "{note}"
+        );
+        assert!(note.contains("in stage 1 and stage 2"), "{note}");
+        // Left out, pretrained backbone: off.
+        let mut c = parse("backbone_weights = \"r18.pth\"\n");
+        let note = c.resolve_aux_head(true);
+        assert!(
+            !c.model.aux_head && note.contains("off (default with pretrained"),
+            "{note}"
+        );
+        // Set: kept either way, and said so.
+        let mut c = parse("[model]\naux_head = false\n");
+        let note = c.resolve_aux_head(false);
+        assert!(
+            !c.model.aux_head && note.contains("off (set in the config)"),
+            "{note}"
+        );
+        let mut c = parse("backbone_weights = \"r18.pth\"\n[model]\naux_head = true\n");
+        c.loss.aux_in_stage2 = false;
+        let note = c.resolve_aux_head(true);
+        assert!(
+            c.model.aux_head && note.contains("none in stage 2"),
+            "{note}"
+        );
+        // Once resolved, the written config says it explicitly.
+        let back = parse(&c.to_toml().unwrap());
+        assert!(back.aux_head_set && back.model.aux_head);
+    }
+
+    #[test]
     fn unknown_field_names_the_file() {
         let err =
             TrainConfig::from_toml_str("mode = \"two-stage\"\nepochz = 3\n", Path::new("a.toml"))
@@ -335,6 +374,7 @@ mod shipped {
             "default-cpu.toml",
             "affectnet-resnet50.toml",
             "folder-cpu.toml",
+            "fer2013-cpu.toml",
         ] {
             let cfg = TrainConfig::from_file(&dir.join(name)).unwrap();
             assert!(cfg.stage1.epochs > 0, "{name}");

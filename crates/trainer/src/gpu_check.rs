@@ -106,11 +106,8 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
         }
         for (case, row) in CASES.iter().zip(&table) {
             println!(
-                "({}) ResNet-{} {} px, batch {:2}   train {:8.1} img/s   infer {:8.1} img/s",
-                case.name,
-                case.depth,
-                case.size,
-                case.batch,
+                "{:37}   train {:8.1} img/s   infer {:8.1} img/s",
+                case.label(),
                 row.speed.train_img_s,
                 row.speed.infer_img_s
             );

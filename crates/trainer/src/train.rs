@@ -164,7 +164,10 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         classes: train.has_classes(),
     };
     let (stages, mut notes) = resolve(&mut cfg, labels, manifest.num_classes)?;
-    notes.push(cfg.resolve_aux_head());
+    let has_stage2 = stages
+        .iter()
+        .any(|s| s.loss == fer_losses::Stage::Dimensional);
+    notes.push(cfg.resolve_aux_head(has_stage2));
     if manifest.is_legacy() {
         notes.push(format!(
             "{} was prepared before the train/val/test roles: its val split may be the \

@@ -1,13 +1,22 @@
 """Times the PyTorch reference of 2Att-2Mt the way `cargo xtask bench-train` times ours.
 
-Run from anywhere (the xtask calls it once per config, each in a fresh process):
+Run from anywhere (the xtask calls it once per config, each in a fresh process, with
+--model-json):
 
     python3 tests/reference/bench/bench_pytorch.py --depth 18 --size 112 --batch 32 --steps 10 --threads 2
+    python3 tests/reference/bench/bench_pytorch.py --size 48 --batch 64 --steps 10 --threads 2 \
+        --model-json '{"backbone": {"depth": 18, "width": 0.5, "stem": "small", "stem_stride": 2},
+                       "attention": {"d": 128, "a": 64}, "rnn": {"kind": "lstm", "hidden": 64},
+                       "att2_width": 32, "cat_hidden": 128, "va_hidden": 64, "num_classes": 7,
+                       "aux_head": true}'
 
-Builds model.py's TwoAttTwoMt in float32 with the default config (backbone depth from --depth),
-then times, on random inputs, a stage-2 training step (train-mode forward, L_va + lambda * CE,
-backward, AdamW step) and an eval-mode forward under no_grad: 2 warm-up steps, then the median of
---steps timed ones. Prints one JSON object: train_img_s, infer_img_s, peak_rss_mib (ru_maxrss).
+Builds model.py's TwoAttTwoMt in float32, from either --depth (model.py's default config, which is
+the Rust ModelConfig::default() without the auxiliary head, with that backbone depth: configs a-c)
+or --model-json (a Rust ModelConfig in its JSON form, `serde_json` of the xtask's case; keys left
+out keep model.py's defaults). Then times, on random inputs, a stage-2 training step (train-mode
+forward, L_va + lambda * CE (+ 1.0 * CE of the auxiliary head when the model has one), backward,
+AdamW step) and an eval-mode forward under no_grad: 2 warm-up steps, then the median of --steps
+timed ones. Prints one JSON object: train_img_s, infer_img_s, peak_rss_mib (ru_maxrss).
 
 With --device cuda everything lives on the GPU and each timed step ends with a synchronize, so the
 time is the step's, not the launch's; the JSON then also has peak_gpu_mib.
@@ -29,6 +38,7 @@ from model import TwoAttTwoMt, default_config  # noqa: E402
 
 WARMUP = 2
 LAMBDA = 0.5  # fer_losses::LossConfig::default().lambda
+AUX_WEIGHT = 1.0  # LossConfig::default().aux_weight (aux_in_stage2 is true by default)
 LR, WEIGHT_DECAY, EPS = 1e-4, 5e-4, 1e-8  # the xtask's AdamW settings (trainer defaults but lr)
 
 
@@ -41,11 +51,24 @@ def ccc(pred, target):
 
 def stage2_loss(out, classes, valence, arousal):
     """fer_losses::stage_loss(Stage::Dimensional): MSE(v) + MSE(a) + (1 - CCC(v)) + (1 - CCC(a))
-    + lambda * CE, every sample labelled."""
+    + lambda * CE (+ aux_weight * CE of the auxiliary logits when the model has the head), every
+    sample labelled."""
     v, a = out["valence"], out["arousal"]
     l_va = (F.mse_loss(v, valence) + F.mse_loss(a, arousal)
             + (1 - ccc(v, valence)) + (1 - ccc(a, arousal)))
-    return l_va + LAMBDA * F.cross_entropy(out["logits"], classes)
+    loss = l_va + LAMBDA * F.cross_entropy(out["logits"], classes)
+    if "aux" in out:
+        loss = loss + AUX_WEIGHT * F.cross_entropy(out["aux"], classes)
+    return loss
+
+
+def merge(base, over):
+    """`base` with the keys of `over` replaced, nested dicts merged (serde's `default` in Rust)."""
+    for k, v in over.items():
+        if k not in base:
+            sys.exit(f"--model-json: unknown key {k!r}")
+        base[k] = merge(base[k], v) if isinstance(v, dict) else v
+    return base
 
 
 def median_seconds(steps, fn, sync):
@@ -63,7 +86,10 @@ def median_seconds(steps, fn, sync):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--depth", type=int, required=True, choices=[18, 34, 50])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--depth", type=int, choices=[18, 34, 50],
+                       help="the default model (no auxiliary head) with this backbone depth")
+    which.add_argument("--model-json", help="the model, as a Rust ModelConfig in JSON")
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--steps", type=int, default=10)
@@ -78,7 +104,10 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = default_config()
-    cfg["backbone"]["depth"] = args.depth
+    if args.model_json is not None:
+        cfg = merge(cfg, json.loads(args.model_json))
+    else:
+        cfg["backbone"]["depth"] = args.depth
     model = TwoAttTwoMt(cfg).float().to(dev)
     # Like trainer::optim: weights of rank >= 2 decayed, biases and BatchNorm parameters not.
     params = list(model.parameters())
@@ -109,7 +138,8 @@ def main():
     infer = median_seconds(args.steps, infer_step, sync)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     result = {
-        "depth": args.depth, "size": args.size, "batch": b, "threads": torch.get_num_threads(),
+        "depth": cfg["backbone"]["depth"], "width": cfg["backbone"]["width"],
+        "aux_head": cfg["aux_head"], "num_classes": k, "size": args.size, "batch": b, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "device": args.device,
         "train_img_s": b / train, "infer_img_s": b / infer, "peak_rss_mib": rss_kib / 1024,
     }
