@@ -116,7 +116,7 @@ pub(crate) fn affine(
 
 /// `y = x * scale[c] + shift[c]` (then `max(y, 0)` with `relu`), parallel over images.
 pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = crate::out::uninit(x.len());
     if y.is_empty() {
         return y;
     }
@@ -197,7 +197,7 @@ fn backward_gated<const RELU: bool, const BATCH_STATS: bool>(
         .collect();
     let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = sums.into_iter().unzip();
     let m = d.m() as f32;
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = crate::out::uninit(x.len());
     if dx.is_empty() {
         return (dx, dgamma, dbeta);
     }

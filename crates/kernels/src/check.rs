@@ -259,16 +259,14 @@ fn with_grads(
 }
 
 /// Every case of [`CASES`] on `dev` against the CPU: one row per output and gradient.
-/// With CUDA, every kernel output is poisoned (NaN) first, so unwritten elements fail.
+/// Every kernel output is poisoned (NaN) first, so unwritten elements fail.
 pub fn compare_devices(dev: &Device) -> Result<Vec<CheckRow>> {
-    #[cfg(feature = "cuda")]
-    crate::cuda::set_poison(true);
+    crate::out::set_poison(true);
     let rows = CASES
         .iter()
         .map(|case| compare_case(case, case.run, dev))
         .collect::<Result<Vec<_>>>();
-    #[cfg(feature = "cuda")]
-    crate::cuda::set_poison(false);
+    crate::out::set_poison(false);
     rows.map(|r| r.concat())
 }
 

@@ -144,7 +144,7 @@ pub(crate) fn forward_keeping(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, Opti
     if !keeps_columns(g) {
         return (forward(g, x, w), None);
     }
-    let mut cols = vec![0.0; g.k() * g.n() * g.b];
+    let mut cols = crate::out::uninit(g.k() * g.n() * g.b);
     let y = forward_into(g, x, w, Some(&mut cols));
     (y, Some(cols))
 }
@@ -153,7 +153,7 @@ fn forward_into(g: &Geom, x: &[f32], w: &[f32], keep: Option<&mut [f32]>) -> Vec
     let (n, on) = (g.n(), g.o * g.n());
     let p = plan(g);
     let wm = Mat::row_major(w, g.o, g.k());
-    let mut y = vec![0.0; g.b * on];
+    let mut y = crate::out::uninit(g.b * on);
     let keep = keep.map(|buf| (buf, g.k() * n));
     blocks_into(&p, &mut y, on, keep, |first, nb, yb, kept| {
         let ld = nb * n;
@@ -206,7 +206,7 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (n, il) = (g.n(), g.image_len());
     let p = plan(g);
     let wt = Mat::row_major(w, g.o, g.k()).t();
-    let mut dx = vec![0.0; g.b * il];
+    let mut dx = crate::out::uninit(g.b * il);
     blocks_into(&p, &mut dx, il, None, |first, nb, dxb, _| {
         let ld = nb * n;
         with_dy_block(g, dy, first, nb, |dyb| {
@@ -243,7 +243,7 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], kept: Option<&[f32]>)
         let first = i * p.per_block;
         let nb = p.per_block.min(g.b - first);
         let ld = nb * n;
-        let mut dw = vec![0.0; g.o * g.k()];
+        let mut dw = crate::out::uninit(g.o * g.k());
         with_dy_block(g, dy, first, nb, |dyb| {
             let dym = Mat::row_major(dyb, g.o, ld);
             if g.is_pointwise() && nb == 1 {
@@ -278,9 +278,12 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], kept: Option<&[f32]>)
         (0..p.blocks).into_par_iter().map(block).collect()
     };
     // Summed in block order: the result does not depend on which thread ran which block.
-    let mut dw = vec![0.0; g.o * g.k()];
-    for part in &partials {
-        for (d, s) in dw.iter_mut().zip(part) {
+    let mut parts = partials.into_iter();
+    let Some(mut dw) = parts.next() else {
+        return vec![0.0; g.o * g.k()];
+    };
+    for part in parts {
+        for (d, s) in dw.iter_mut().zip(&part) {
             *d += *s;
         }
     }

@@ -1,5 +1,8 @@
 //! `fer_kernels::batch_norm_train` against the same function written with candle's generic ops
 //! (values, statistics, autograd gradients) and against finite differences.
+//!
+//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
+//! not write is NaN and fails the comparison, instead of passing as recycled memory.
 
 use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
@@ -39,6 +42,7 @@ const SHAPES: &[[usize; 4]] = &[
 
 #[test]
 fn matches_generic_ops_in_values_statistics_and_gradients() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for relu in [false, true] {
         for &[b, c, h, w] in SHAPES {
@@ -80,6 +84,7 @@ fn matches_generic_ops_in_values_statistics_and_gradients() {
 
 #[test]
 fn input_gradient_matches_finite_differences() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (b, c, h, w) = (3, 2, 3, 4);
     let x0: Vec<f32> = values(&rand(&mut rng, &[b, c, h, w], -1.0, 1.0));
@@ -123,6 +128,7 @@ fn input_gradient_matches_finite_differences() {
 /// fused ReLU (which must not turn it into 0 and hide it), and leaves the other channels alone.
 #[test]
 fn nan_stays_in_its_channel_and_survives_the_relu() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let mut x = values(&rand(&mut rng, &[2, 3, 4, 4], -1.0, 1.0));
     x[5] = f32::NAN; // image 0, channel 0

@@ -1,5 +1,8 @@
 //! `fer_kernels::batch_norm_eval` against the same formula in f64 with candle's own ops
 //! (values and autograd gradients), with and without the ReLU.
+//!
+//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
+//! not write is NaN and fails the comparison, instead of passing as recycled memory.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
@@ -37,6 +40,7 @@ fn reference(
 
 #[test]
 fn matches_candle_ops_in_f64() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     for &[b, c, h, w] in &[[2, 3, 5, 7], [1, 4, 1, 1], [3, 6, 4, 4]] {
         for relu in [false, true] {
@@ -80,6 +84,7 @@ fn matches_candle_ops_in_f64() {
 
 #[test]
 fn nan_survives_the_relu_and_bad_shapes_are_errors() {
+    fer_kernels::set_poison(true);
     let dev = Device::Cpu;
     let x = Tensor::new(&[[[[f32::NAN, -1.0]]]], &dev).unwrap(); // [1, 1, 1, 2]
     let one = Tensor::ones(1, DType::F32, &dev).unwrap();

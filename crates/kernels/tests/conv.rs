@@ -1,5 +1,8 @@
 //! `fer_kernels::conv2d` against candle's own conv2d (forward and autograd gradients) and
 //! against finite differences.
+//!
+//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
+//! not write is NaN and fails the comparison, instead of passing as recycled memory.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
@@ -35,6 +38,7 @@ const CASES: &[Case] = &[
 
 #[test]
 fn forward_and_gradients_match_candle() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for &(b, c, h, w, o, k, s, p) in CASES {
         let x = Var::from_tensor(&randn(&mut rng, &[b, c, h, w])).unwrap();
@@ -73,6 +77,7 @@ fn forward_and_gradients_match_candle() {
 /// wrong width there (6 instead of 5).
 #[test]
 fn gradients_match_finite_differences() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for &(b, c, h, w, o, k, s, p) in &[
         (2, 3, 6, 5, 4, 3, 2, 1),
@@ -135,6 +140,7 @@ fn gradients_match_finite_differences() {
 /// the weight's gradient is the same as when the input is a variable.
 #[test]
 fn untracked_input_gets_no_gradient() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let x = randn(&mut rng, &[2, 3, 9, 9]);
     let wt = Var::from_tensor(&randn(&mut rng, &[4, 3, 7, 7])).unwrap();
@@ -158,6 +164,7 @@ fn untracked_input_gets_no_gradient() {
 
 #[test]
 fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
+    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let x = randn(&mut rng, &[2, 3, 5, 5]);
     let w = randn(&mut rng, &[4, 3, 3, 3]);
@@ -174,6 +181,7 @@ fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
 
 #[test]
 fn an_empty_batch_gives_an_empty_output_and_gradients() {
+    fer_kernels::set_poison(true);
     let x =
         Var::from_tensor(&Tensor::zeros((0, 3, 5, 5), DType::F32, &Device::Cpu).unwrap()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(2);

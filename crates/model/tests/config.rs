@@ -1,4 +1,4 @@
-//! ModelConfig: DESIGN.md defaults, TOML round trips, and validation errors that name the field.
+//! ModelConfig: the defaults of docs/ARCHITECTURE.md, TOML round trips, and validation errors that name the field.
 
 use fer_model::{ModelConfig, RnnKind, Stem};
 
@@ -49,7 +49,9 @@ fn toml_and_json_round_trip() {
     c.backbone.depth = 50;
     c.backbone.taps = vec!["layer1".into(), "layer4".into()];
     c.no_att2 = true;
+    // Without the categorical task there is no auxiliary (categorical) head either.
     c.categorical = false;
+    c.aux_head = false;
     c.rnn.kind = RnnKind::Gru;
     let toml = c.to_toml_string().unwrap();
     assert_eq!(ModelConfig::from_toml_str(&toml).unwrap(), c);

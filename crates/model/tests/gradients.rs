@@ -7,6 +7,9 @@
 //! pooled, attended features vary little between images. So each trial draws a fresh model as well
 //! as a fresh batch, and a variable passes when one of those independent trials reaches it; an op
 //! without a backward never does.
+//!
+//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
+//! not write is NaN and fails the comparison, instead of passing as recycled memory.
 
 mod common;
 
@@ -101,6 +104,7 @@ fn check_trials(trials: &[Trial]) {
 
 #[test]
 fn every_fixture_config_trains_every_variable() {
+    fer_kernels::set_poison(true);
     for case in [
         "r18_w0625_lstm_aux",
         "r18_w0625_small_gru_k7",
@@ -122,6 +126,7 @@ fn every_fixture_config_trains_every_variable() {
 
 #[test]
 fn default_config_trains_every_variable() {
-    // The DESIGN.md sizes (ResNet-18, d 256, LSTM 128), on a small input to stay fast.
+    fer_kernels::set_poison(true);
+    // The default sizes (ResNet-18, d 256, LSTM 128), on a small input to stay fast.
     check_all_gradients(&ModelConfig::default(), 2, 64);
 }

@@ -6,6 +6,9 @@
 //! sums thousands of cancelling terms in one serial f32 chain) are up to 6.5e-2 of their size
 //! away from f64, while the kernels (lane-wise partial sums, f64 across planes) stay within
 //! 3e-5.
+//!
+//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
+//! not write is NaN and fails the comparison, instead of passing as recycled memory.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -86,8 +89,11 @@ fn max_abs(t: &Tensor) -> f32 {
 
 #[test]
 fn fast_kernels_and_candle_ops_agree() {
+    fer_kernels::set_poison(true);
     let mut cfg = ModelConfig::default();
     cfg.backbone.width = 0.125;
+    // The loss below reads the main outputs only; the auxiliary head would get no gradient.
+    cfg.aux_head = false;
     let x = Tensor::arange(0f32, (3 * 3 * 64 * 64) as f32, &Device::Cpu)
         .unwrap()
         .affine(0.37, 0.0)
