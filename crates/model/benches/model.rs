@@ -1,4 +1,4 @@
-//! Throughput of the full 2Att-2Mt model (DESIGN.md sizes, ResNet-18 backbone).
+//! Throughput of the full 2Att-2Mt model (the sizes of docs/ARCHITECTURE.md, ResNet-18 backbone).
 //!
 //! `cargo bench -p fer-model [-- --config a|b|all] [--steps N] [--cpu]`
 //!

@@ -109,7 +109,7 @@ impl BackboneConfig {
     }
 }
 
-/// The whole 2Att-2Mt model. `Default` gives the sizes of DESIGN.md.
+/// The whole 2Att-2Mt model (`docs/ARCHITECTURE.md`). `Default` gives the paper-sized model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {

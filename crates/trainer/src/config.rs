@@ -170,8 +170,9 @@ impl TrainConfig {
         toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
     }
 
-    /// Decides `model.aux_head` when the config left it out (DESIGN: a from-scratch backbone
-    /// needs the auxiliary head, a pretrained one does not) and says which it is and why.
+    /// Decides `model.aux_head` when the config left it out (docs/ARCHITECTURE.md: a backbone
+    /// trained from scratch needs the auxiliary head, a pretrained one does not) and says which
+    /// it is and why.
     pub fn resolve_aux_head(&mut self, has_stage2: bool) -> String {
         let why = if !self.model.categorical {
             self.model.aux_head = false;

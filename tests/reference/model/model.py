@@ -1,4 +1,4 @@
-"""PyTorch reference of the 2Att-2Mt model, written from DESIGN.md and the weight-name contract.
+"""PyTorch reference of the 2Att-2Mt model, written from docs/ARCHITECTURE.md and the weight names.
 
 Its `state_dict()` uses the same names as the Rust `fer-model` VarMap (minus the BatchNorm
 `num_batches_tracked` counters), so weights move between the two unchanged.
@@ -17,6 +17,9 @@ BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (B
 
 
 def default_config():
+    # aux_head is off here, as when the committed fixtures were generated; the Rust
+    # ModelConfig::default() has it on (the from-scratch default) and every config passed in
+    # from Rust (bench_pytorch.py --model-json) names it explicitly.
     return {
         "backbone": {"depth": 18, "width": 1.0, "stem": "imagenet", "stem_stride": 1,
                      "taps": ["layer2", "layer3", "layer4"]},
