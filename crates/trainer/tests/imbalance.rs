@@ -190,6 +190,6 @@ fn the_old_recipe_collapses_there_and_is_flagged() {
     assert!(warning.contains("majority-class rate"), "{first}");
 }
 
-/// The val accuracy the shipped recipe must end above (it reaches 0.957; the majority-class
+/// The val accuracy the shipped recipe must end above (it reaches 0.963; the majority-class
 /// rate is 0.248).
 const FINAL: f64 = 0.85;
