@@ -41,3 +41,8 @@ mod position;
 pub use error::AttentionError;
 pub use layer::{LayerOutput, LayerSelfAttention};
 pub use position::{GlobalPool, PositionAttention, PositionAttentionConfig, PositionOutput};
+
+// The README's example is compiled and run with the doctests, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -113,3 +113,8 @@ impl BiRnn {
         Tensor::cat(&[&fwd, &bwd], 2)
     }
 }
+
+// The README's example is compiled and run with the doctests, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

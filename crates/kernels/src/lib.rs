@@ -220,3 +220,8 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Option<Tensor>> {
     }
     x.contiguous()?.apply_op1(op::MaxPool3x3S2).map(Some)
 }
+
+// The README's example is compiled and run with the doctests, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -57,3 +57,8 @@ pub use error::{LossError, Result};
 pub use metrics::{Metrics, MetricsAccumulator, Predictions, RegressionMetrics};
 pub use regression::{ccc, ccc_loss, mse, va_loss, CCC_EPS};
 pub use weights::inverse_frequency_weights;
+
+// The README's example is compiled and run with the doctests, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -61,3 +61,8 @@ pub use vars::{is_running_stat, trainable_vars};
 
 pub use fer_attention::PositionAttentionConfig;
 pub use fer_birnn::{BiRnnConfig, RnnKind};
+
+// The README's example is compiled and run with the doctests, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

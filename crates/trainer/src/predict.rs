@@ -286,34 +286,49 @@ pub fn format_predictions(
             )))
         }
     };
-    let mut s = String::new();
     if csv {
-        s.push_str("path,expression,valence,arousal");
-        for c in classes {
-            s.push_str(&format!(",p_{c}"));
-        }
+        return predictions_csv(preds, classes);
+    }
+    let mut s = String::new();
+    for p in preds {
+        s.push_str(&serde_json::to_string(p).map_err(|e| Error::Config(e.to_string()))?);
         s.push('\n');
-        for p in preds {
-            let quoted = format!("\"{}\"", p.path.replace('"', "\"\""));
-            s.push_str(&format!(
-                "{quoted},{},{},{}",
-                p.expression.as_deref().unwrap_or(""),
-                p.valence.map_or(String::new(), |v| v.to_string()),
-                p.arousal.map_or(String::new(), |v| v.to_string())
-            ));
-            for c in classes {
-                let v = p.probabilities.as_ref().and_then(|m| m.get(c));
-                s.push_str(&format!(",{}", v.map_or(String::new(), |v| v.to_string())));
-            }
-            s.push('\n');
-        }
-    } else {
-        for p in preds {
-            s.push_str(&serde_json::to_string(p).map_err(|e| Error::Config(e.to_string()))?);
-            s.push('\n');
-        }
     }
     Ok(s)
+}
+
+/// One row per face: path, expression, valence, arousal, then one probability per class; the
+/// cells a model cannot fill (no V/A head, no categorical head) are empty.
+fn predictions_csv(preds: &[Prediction], classes: &[String]) -> Result<String> {
+    let err = |e: csv::Error| Error::Config(format!("writing CSV: {e}"));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec![
+        "path".to_string(),
+        "expression".into(),
+        "valence".into(),
+        "arousal".into(),
+    ];
+    header.extend(classes.iter().map(|c| format!("p_{c}")));
+    w.write_record(&header).map_err(err)?;
+    let cell = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
+    for p in preds {
+        let mut row = vec![
+            p.path.clone(),
+            p.expression.clone().unwrap_or_default(),
+            cell(p.valence),
+            cell(p.arousal),
+        ];
+        row.extend(
+            classes
+                .iter()
+                .map(|c| cell(p.probabilities.as_ref().and_then(|m| m.get(c)).copied())),
+        );
+        w.write_record(&row).map_err(err)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::Config(format!("writing CSV: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| Error::Config(format!("writing CSV: {e}")))
 }
 
 #[cfg(test)]
@@ -365,5 +380,24 @@ mod tests {
         let js = format_predictions(&q, None, &classes).unwrap();
         let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
         assert!(v["valence"].is_null() && v["arousal"].is_null());
+    }
+
+    #[test]
+    fn csv_paths_survive_a_csv_reader() {
+        let path = "dir/\"odd\", name\nwith a line break.png";
+        let p = vec![Prediction {
+            path: path.into(),
+            expression: None,
+            probabilities: None,
+            valence: Some(0.5),
+            arousal: Some(-0.25),
+        }];
+        let classes = vec!["Happy".to_string()];
+        let text = format_predictions(&p, Some(Path::new("x.CSV")), &classes).unwrap();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 1);
+        let row: Vec<&str> = rows[0].iter().collect();
+        assert_eq!(row, [path, "", "0.5", "-0.25", ""]);
     }
 }

@@ -9,15 +9,7 @@ fn train_eval_predict() {
     let data = tiny_affectnet();
     let run = tempfile::tempdir().unwrap();
     let out = run.path().join("run");
-    let o = trainer(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        TINY,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_tiny(data, &out, &[]);
     let table = ok(&o);
     assert!(table.contains("| valence CCC |"), "{table}");
     assert!(

@@ -84,19 +84,11 @@ fn checkpoint_of_another_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_affectnet();
     let run = dir.path().join("r");
-    ok(&trainer(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        TINY,
-        "--out",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--stop-after-epochs",
-        "1",
-    ]));
+    ok(&train_tiny(
+        data,
+        &run,
+        &["--epochs", "1", "--stop-after-epochs", "1"],
+    ));
     // Resuming with a config of another width names the differing field.
     let other = dir.path().join("wide.toml");
     std::fs::write(
@@ -173,15 +165,7 @@ fn image_folder_set_trains_categorically() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_folder();
     let run = dir.path().join("r");
-    let o = trainer(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        TINY,
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let o = train_tiny(data, &run, &[]);
     let table = ok(&o);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(

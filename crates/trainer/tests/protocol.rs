@@ -45,15 +45,7 @@ fn permute_labels(data: &Path, split: &str) {
 }
 
 fn train(data: &Path, out: &Path) -> String {
-    ok(&trainer(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        TINY,
-        "--out",
-        out.to_str().unwrap(),
-    ]))
+    ok(&train_tiny(data, out, &[]))
 }
 
 /// metrics.jsonl without its timings.

@@ -6,18 +6,7 @@ mod common;
 use common::*;
 
 fn train(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    let data = tiny_affectnet();
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        TINY,
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    trainer(&args)
+    train_tiny(tiny_affectnet(), out, extra)
 }
 
 /// Every number of metrics.json but the wall time, and every metrics.jsonl value but timings.

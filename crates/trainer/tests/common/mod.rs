@@ -19,6 +19,21 @@ pub fn trainer(args: &[&str]) -> Output {
         .expect("the trainer binary runs")
 }
 
+/// `trainer train --data <data> --config tests/fixtures/tiny.toml --out <out> <extra>`.
+pub fn train_tiny(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        TINY,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    trainer(&args)
+}
+
 pub fn ok(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "trainer failed:\n{stderr}");
