@@ -195,7 +195,7 @@ fn print_header(threads: usize, kernels: Kernels, steps: u64) {
         println!(
             "warning: built with debug assertions (dev profile): workspace crates that do not \
              turn them off in Cargo.toml run their debug checks; \
-             `cargo run --release -p xtask -- bench-train` runs none"
+             `cargo xtask bench-train` (release) runs none"
         );
     }
 }
