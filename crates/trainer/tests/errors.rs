@@ -118,17 +118,7 @@ fn checkpoint_of_another_config_is_refused() {
     let tiny_run = dir.path().join("t");
     let wide_run = dir.path().join("w");
     for (cfg, out) in [(TINY, &tiny_run), (other.to_str().unwrap(), &wide_run)] {
-        ok(&trainer(&[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--config",
-            cfg,
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "1",
-        ]));
+        ok(&train_with(data, cfg, out, &["--epochs", "1"]));
     }
     let franken = dir.path().join("franken.safetensors");
     splice(

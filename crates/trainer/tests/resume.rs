@@ -13,18 +13,7 @@ fn train(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
 fn numbers(run: &std::path::Path) -> (serde_json::Value, Vec<serde_json::Value>) {
     let mut m = read_json(&run.join("metrics.json"));
     m.as_object_mut().unwrap().remove("train_seconds");
-    let h = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("seconds");
-            o.remove("images_per_second");
-            v
-        })
-        .collect();
-    (m, h)
+    (m, history_without_timings(run))
 }
 
 #[test]

@@ -21,17 +21,37 @@ pub fn trainer(args: &[&str]) -> Output {
 
 /// `trainer train --data <data> --config tests/fixtures/tiny.toml --out <out> <extra>`.
 pub fn train_tiny(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    train_with(data, TINY, out, extra)
+}
+
+/// `trainer train --data <data> --config <config> --out <out> <extra>`.
+pub fn train_with(data: &Path, config: &str, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "train",
         "--data",
         data.to_str().unwrap(),
         "--config",
-        TINY,
+        config,
         "--out",
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     trainer(&args)
+}
+
+/// metrics.jsonl of a run without its timings: what two runs of one seed must share.
+pub fn history_without_timings(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("images_per_second");
+            v
+        })
+        .collect()
 }
 
 pub fn ok(out: &Output) -> String {
