@@ -81,7 +81,7 @@ pub(crate) fn scratch<R>(
             f(&mut v[..len])
         }
         // Re-entered on this thread (work stealing inside a parallel GEMM): use a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut crate::out::uninit(len)),
     })
 }
 
