@@ -95,7 +95,8 @@ impl LossConfig {
 pub struct ClassInputs<'a> {
     /// `[B, K]` class logits of the main head.
     pub logits: &'a Tensor,
-    /// `[B, K]` logits of the auxiliary head, during training only.
+    /// `[B, K]` logits of the auxiliary head; its CE joins the loss when given (the model
+    /// computes them in eval mode too, the trainer passes them in training steps).
     pub aux_logits: Option<&'a Tensor>,
     /// `[B]` i64 targets, `-1` = no class.
     pub targets: &'a Tensor,
