@@ -6,8 +6,6 @@
 //! recurrent cells would be a dozen element-wise launches each; the ops here keep the model code
 //! the same on both devices (same public functions, same autograd).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda::WrapErr;
 use candle_core::op::BackpropOp;
@@ -20,14 +18,6 @@ use crate::error::KernelError;
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fer_kernels.ptx"));
 const MODULE: &str = "fer_kernels";
 const THREADS: u32 = 256;
-
-static POISON: AtomicBool = AtomicBool::new(false);
-
-/// Fills every kernel output with NaN before its kernel runs. For checks: an element a kernel
-/// fails to write then shows up as NaN, not as leftover memory that happens to look right.
-pub fn set_poison(on: bool) {
-    POISON.store(on, Ordering::Relaxed);
-}
 
 /// The kernel `name` of our module (loaded on first use, then cached by the device).
 macro_rules! kernel {
@@ -50,7 +40,7 @@ fn output(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
     // SAFETY: uninitialised device memory is only handed to kernels that write all of it
     // (poisoning in the checks catches one that does not).
     let mut out = unsafe { dev.alloc::<f32>(n.max(1))? };
-    if POISON.load(Ordering::Relaxed) {
+    if crate::out::poisoned() {
         let f = kernel!(dev, "fer_fill");
         let (len, nan) = (n.max(1), f32::NAN);
         let mut b = f.builder();

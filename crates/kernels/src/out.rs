@@ -13,15 +13,18 @@ static POISON: AtomicBool = AtomicBool::new(false);
 /// NaN-fill every fresh kernel output, on the CPU and (with the `cuda` feature) on CUDA.
 pub fn set_poison(on: bool) {
     POISON.store(on, Ordering::Relaxed);
-    #[cfg(feature = "cuda")]
-    crate::cuda::set_poison(on);
+}
+
+/// Whether fresh kernel outputs are to be NaN-filled (the CPU buffers here, CUDA's in `cuda`).
+pub(crate) fn poisoned() -> bool {
+    POISON.load(Ordering::Relaxed)
 }
 
 /// `n` floats for a kernel that writes all of them before reading any.
 // The same contract as candle's own CPU `alloc_uninit`, which carries the same allow.
 #[allow(clippy::uninit_vec)]
 pub(crate) fn uninit(n: usize) -> Vec<f32> {
-    if POISON.load(Ordering::Relaxed) {
+    if poisoned() {
         return vec![f32::NAN; n];
     }
     let mut v = Vec::with_capacity(n);
