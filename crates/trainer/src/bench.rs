@@ -29,9 +29,6 @@ pub enum Arch {
     Config(&'static str),
 }
 
-/// `configs/fer2013-cpu.toml`, for case d.
-pub const FER2013_CPU_TOML: &str = include_str!("../../../configs/fer2013-cpu.toml");
-
 /// One benchmark config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Case {
@@ -72,7 +69,7 @@ pub const CASES: [Case; 5] = [
     Case {
         name: "d",
         desc: "FER R18 x0.5",
-        arch: Arch::Config(FER2013_CPU_TOML),
+        arch: Arch::Config(crate::config::FER2013_CPU_TOML),
         size: 48,
         batch: 64,
     },

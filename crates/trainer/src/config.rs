@@ -13,6 +13,9 @@ use crate::{Error, Result};
 /// The configuration `trainer` uses when run with no arguments.
 pub const DEFAULT_CPU_TOML: &str = include_str!("../../../configs/default-cpu.toml");
 
+/// `configs/fer2013-cpu.toml`, embedded for the benchmark of its model (`bench-train` case d).
+pub const FER2013_CPU_TOML: &str = include_str!("../../../configs/fer2013-cpu.toml");
+
 /// What is trained, in which order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -300,7 +300,7 @@ pub fn format_predictions(
 /// One row per face: path, expression, valence, arousal, then one probability per class; the
 /// cells a model cannot fill (no V/A head, no categorical head) are empty.
 fn predictions_csv(preds: &[Prediction], classes: &[String]) -> Result<String> {
-    let err = |e: csv::Error| Error::Config(format!("writing CSV: {e}"));
+    let err = |e: &dyn std::fmt::Display| Error::Config(format!("writing CSV: {e}"));
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec![
         "path".to_string(),
@@ -309,7 +309,7 @@ fn predictions_csv(preds: &[Prediction], classes: &[String]) -> Result<String> {
         "arousal".into(),
     ];
     header.extend(classes.iter().map(|c| format!("p_{c}")));
-    w.write_record(&header).map_err(err)?;
+    w.write_record(&header).map_err(|e| err(&e))?;
     let cell = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
     for p in preds {
         let mut row = vec![
@@ -323,12 +323,10 @@ fn predictions_csv(preds: &[Prediction], classes: &[String]) -> Result<String> {
                 .iter()
                 .map(|c| cell(p.probabilities.as_ref().and_then(|m| m.get(c)).copied())),
         );
-        w.write_record(&row).map_err(err)?;
+        w.write_record(&row).map_err(|e| err(&e))?;
     }
-    let bytes = w
-        .into_inner()
-        .map_err(|e| Error::Config(format!("writing CSV: {e}")))?;
-    String::from_utf8(bytes).map_err(|e| Error::Config(format!("writing CSV: {e}")))
+    let bytes = w.into_inner().map_err(|e| err(&e))?;
+    String::from_utf8(bytes).map_err(|e| err(&e))
 }
 
 #[cfg(test)]
