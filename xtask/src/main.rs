@@ -6,6 +6,7 @@ mod bench_train;
 mod cuda;
 mod prepare;
 mod synth;
+mod verify;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +24,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Crop, resize and shard a dataset (AffectNet, image folders or a plain CSV).
     PrepareData(prepare::PrepareArgs),
+    /// Check a prepared folder: every shard present, its size, checksum and counts.
+    VerifyData(verify::VerifyArgs),
     /// Benchmark preparation speed on the synthetic set (images/second at 112 and 224 px).
     BenchPrepare(prepare::BenchPrepareArgs),
     /// Benchmark a stage-2 training step and inference (images/second, peak RSS per config).
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Synth(a) => synth::run(a),
         Command::PrepareData(a) => prepare::run(a),
+        Command::VerifyData(a) => verify::run(a),
         Command::BenchPrepare(a) => prepare::bench(a),
         Command::BenchTrain(a) => bench_train::run(a),
         Command::CudaToolchain(a) => cuda::toolchain(a),

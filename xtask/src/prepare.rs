@@ -129,6 +129,13 @@ fn print_summary(out: &Path, m: &Manifest, r: &RunReport) {
         "  {} shards written, {} reused; {} images decoded in {:.1} s on {} threads",
         r.shards_written, r.shards_reused, r.images_decoded, r.seconds, r.threads
     );
+    for p in &r.shards_damaged {
+        let _ = writeln!(
+            s,
+            "  re-made {}: missing, cut short or its checksum no longer matched",
+            p.display()
+        );
+    }
 }
 
 pub fn bench(args: BenchPrepareArgs) -> anyhow::Result<()> {

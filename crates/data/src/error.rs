@@ -15,6 +15,19 @@ pub enum Error {
     BadShard { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// A shard that is not what the manifest recorded: its content hash differs.
+    #[error(
+        "{path}: damaged shard: its content hash is {actual} but the manifest records {expected}; \
+         re-run prepare-data, which re-makes only the bad shards"
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: crate::checksum::Checksum,
+        actual: crate::checksum::Checksum,
+    },
+    /// A shard that is missing, cut short or holds another count than the manifest says.
+    #[error("{path}: {reason}; re-run prepare-data, which re-makes only the bad shards")]
+    Damaged { path: PathBuf, reason: String },
     #[error("invalid loader configuration: {0}")]
     Config(String),
     #[error("data loader: {0}")]

@@ -7,6 +7,7 @@
 //! candle tensors.
 
 pub mod atomic;
+pub mod checksum;
 pub mod error;
 pub mod shard;
 
@@ -14,6 +15,7 @@ pub mod affectnet;
 pub mod augment;
 pub mod crop;
 pub mod folder;
+pub mod integrity;
 pub mod labels;
 pub mod loader;
 pub mod manifest;

@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::checksum::Checksum;
 use crate::{atomic, Error, Result};
 
 /// Format tag stored in every manifest.
-pub const FORMAT: &str = "fer-prepared-v2";
+pub const FORMAT: &str = "fer-prepared-v3";
+
+/// The format before shard checksums: loads, but its shards cannot be verified. Still read.
+pub const FORMAT_V2: &str = "fer-prepared-v2";
 
 /// The format before the train/val/test roles: `val` may be the source's test set. Still read.
 pub const FORMAT_V1: &str = "fer-prepared-v1";
@@ -81,6 +85,12 @@ pub struct ShardEntry {
     /// File name inside the split folder.
     pub file: String,
     pub count: usize,
+    /// File size in bytes (from v3 on): a cut-off file is refused without reading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Content hash of the whole file (from v3 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
 }
 
 /// Counts of one split.
@@ -143,7 +153,7 @@ impl Manifest {
             path: path.to_path_buf(),
             reason: format!("not a valid manifest: {e}"),
         })?;
-        if m.format != FORMAT && m.format != FORMAT_V1 {
+        if ![FORMAT, FORMAT_V2, FORMAT_V1].contains(&m.format.as_str()) {
             return Err(Error::Invalid {
                 path: path.to_path_buf(),
                 reason: format!("manifest format `{}`, expected `{FORMAT}`", m.format),
@@ -167,9 +177,21 @@ impl Manifest {
     }
 
     /// Checks that the counts add up: kept + skipped = rows, the shards hold the kept samples,
-    /// the histogram covers them, and the skip lists match the per-split counts.
+    /// the histogram covers them, and the skip lists match the per-split counts; from v3 on,
+    /// every shard has its size and checksum.
     pub fn check(&self) -> std::result::Result<(), String> {
         for (name, s) in &self.splits {
+            if let Some(e) = s
+                .shards
+                .iter()
+                .find(|e| self.has_checksums() && (e.bytes.is_none() || e.checksum.is_none()))
+            {
+                return Err(format!(
+                    "split {name}: shard {} has no size or checksum, which a {FORMAT} manifest \
+                     records for every shard",
+                    e.file
+                ));
+            }
             if s.kept + s.skipped != s.rows {
                 return Err(format!(
                     "split {name}: kept {} + skipped {} != rows {}",
@@ -210,6 +232,12 @@ impl Manifest {
     /// source's test set, so numbers chosen on it are not held-out numbers.
     pub fn is_legacy(&self) -> bool {
         self.format == FORMAT_V1
+    }
+
+    /// Whether every shard's size and content hash are recorded (v3 on); older manifests load,
+    /// but their shards cannot be verified.
+    pub fn has_checksums(&self) -> bool {
+        self.format == FORMAT
     }
 
     /// Whether the dataset has a `test` split.

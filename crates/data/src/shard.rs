@@ -3,7 +3,8 @@
 //! `[N]` (NaN = no value) and `source_row` i64 `[N]` (the row of the source list it came from).
 //!
 //! Writing is atomic; reading memory-maps the file, validates every dtype and shape, copies the
-//! (small) label vectors and serves images straight from the map.
+//! (small) label vectors and serves images straight from the map. [`Shard::open_checked`] also
+//! checks the file against its manifest entry (size, content hash, count).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use crate::checksum::Checksum;
+use crate::manifest::ShardEntry;
 use crate::{atomic, Error, Result};
 
 /// Marker stored in the safetensors metadata so foreign files are recognised as such.
@@ -115,9 +118,64 @@ pub struct Shard {
 impl Shard {
     /// Opens and validates a shard; any wrong dtype, shape or length is an error naming the file.
     pub fn open(path: &Path) -> Result<Shard> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: shards are written once by rename and never modified in place.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Shard::from_map(path, map_file(path)?)
+    }
+
+    /// [`open`](Self::open), after checking the file against its manifest entry: size and content
+    /// hash before parsing (so damage is named as damage, wherever it hit), the sample count
+    /// after. Checks whose value the entry lacks (a v2 manifest) are skipped.
+    pub fn open_checked(path: &Path, entry: &ShardEntry) -> Result<Shard> {
+        let damaged = |reason: String| Error::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let map = map_file(path).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                damaged("missing shard: the manifest lists it but the file is gone".into())
+            }
+            e => e,
+        })?;
+        if let Some(expected) = entry.bytes {
+            let len = map.len() as u64;
+            if len != expected {
+                return Err(damaged(format!(
+                    "damaged shard: {len} bytes, the manifest records {expected} (cut short or \
+                     replaced)"
+                )));
+            }
+        }
+        if let Some(expected) = entry.checksum {
+            let actual = Checksum::of(&map);
+            if actual != expected {
+                return Err(Error::ChecksumMismatch {
+                    path: path.to_path_buf(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        let shard = Shard::from_map(path, map)?;
+        if shard.len() != entry.count {
+            return Err(damaged(format!(
+                "damaged shard: holds {} samples, the manifest records {}",
+                shard.len(),
+                entry.count
+            )));
+        }
+        Ok(shard)
+    }
+
+    /// The content hash of the whole file, as the manifest records it.
+    pub fn checksum(&self) -> Checksum {
+        Checksum::of(&self.map)
+    }
+
+    /// The file's size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    fn from_map(path: &Path, map: Mmap) -> Result<Shard> {
         let bad = |reason: String| Error::BadShard {
             path: path.to_path_buf(),
             reason,
@@ -203,6 +261,12 @@ impl Shard {
         let start = self.images_offset + i * len;
         &self.map[start..start + len]
     }
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: shards are written once by rename and never modified in place.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
 /// The shard files of one split folder, in name order (`*.safetensors`, temp files excluded).

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::shard::{list_shards, Shard};
+use rayon::prelude::*;
+
+use crate::integrity::expected_shards;
+use crate::shard::Shard;
 use crate::{Error, Result};
 
 /// The labels of one sample.
@@ -45,6 +48,11 @@ impl Dataset {
     /// Memory-maps every shard of `split_dir`. The folder must exist and hold at least one
     /// non-empty shard; all shards must share one image size; labels must be `-1` or a class
     /// index, and valence/arousal finite or NaN.
+    ///
+    /// When the folder above holds a manifest (a prepared set), the shards are the ones it lists
+    /// and each is checked against its entry — size, content hash, count — before use, so a
+    /// damaged file is refused by name instead of trained on. Hashing reads every byte once, at
+    /// memory speed (4-6 GB/s a core), on rayon's global pool.
     pub fn open(split_dir: &Path) -> Result<Dataset> {
         let invalid = |path: &Path, reason: String| Error::Invalid {
             path: path.to_path_buf(),
@@ -56,7 +64,7 @@ impl Dataset {
                 "no such dataset folder (expected a split folder of *.safetensors shards)".into(),
             ));
         }
-        let paths = list_shards(split_dir)?;
+        let paths = expected_shards(split_dir)?;
         if paths.is_empty() {
             return Err(invalid(
                 split_dir,
@@ -67,8 +75,16 @@ impl Dataset {
         let mut starts = Vec::new();
         let mut labels = Vec::new();
         let mut size: Option<(usize, PathBuf)> = None;
-        for path in paths {
-            let shard = Shard::open(&path)?;
+        let opened: Vec<Result<Shard>> = paths
+            .par_iter()
+            .map(|(path, entry)| match entry {
+                Some(entry) => Shard::open_checked(path, entry),
+                None => Shard::open(path),
+            })
+            .collect();
+        for shard in opened {
+            let shard = shard?;
+            let path = shard.path().to_path_buf();
             match &size {
                 None => size = Some((shard.size(), path.clone())),
                 Some((s, first)) if *s != shard.size() => {
@@ -198,7 +214,7 @@ impl Dataset {
     }
 }
 
-fn check_label(l: &Label) -> std::result::Result<(), String> {
+pub(crate) fn check_label(l: &Label) -> std::result::Result<(), String> {
     if l.expression < -1 {
         return Err(format!(
             "expression {} is neither -1 (none) nor a class index",

@@ -49,6 +49,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use batch::{normalize_images, normalize_in_place, Batch, IMAGENET_MEAN, IMAGENET_STD};
+pub(crate) use dataset::check_label;
 pub use dataset::{Dataset, Label};
 
 use crate::augment::AugmentConfig;

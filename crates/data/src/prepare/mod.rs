@@ -7,6 +7,7 @@
 //!   val/shard-00000.safetensors ...
 //!   test/shard-00000.safetensors ...    only when the source has a test split
 //!   manifest.json             written last: its presence means the folder is complete
+//!   manifest.previous.json    the last run's manifest, only while a rerun is in progress
 //! ```
 //!
 //! The three splits have three roles, never mixed: `train` fits, `val` takes every decision and
@@ -22,9 +23,12 @@
 //!
 //! A rerun with the same options keeps every shard that opens, has the right image size and
 //! holds exactly the rows and labels its block should (the rows it lacks are re-tried, and must
-//! fail again); anything else is rebuilt. With different options all shards are rebuilt.
+//! fail again) and that is still the file the last complete run recorded: same size and content
+//! hash. Anything else is rebuilt, so rerunning re-makes exactly the damaged or missing shards.
+//! With different options all shards are rebuilt.
 
 pub mod listing;
+mod recorded;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +39,7 @@ use crate::manifest::{Manifest, SourceInfo};
 use crate::{affectnet, folder, plain_csv, Error, Result};
 
 pub use listing::{carve_key, stratum_quotas, Candidate, Listing, SplitListing, ValCarve, SPLITS};
+pub use recorded::PREVIOUS_FILE;
 pub use run::{decode_rgb, load, RunReport};
 
 /// Where to read a dataset from.

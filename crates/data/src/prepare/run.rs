@@ -12,7 +12,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::listing::{Candidate, Listing, RowError, ValCarve, SPLITS};
+use super::recorded::{Expect, Recorded};
 use super::{PrepareConfig, Source};
+use crate::checksum::Checksum;
 use crate::crop::{self, BoxError};
 use crate::manifest::{
     self, Manifest, ShardEntry, SkipReason, SkippedRow, SourceInfo, SplitSummary,
@@ -30,6 +32,9 @@ pub struct RunReport {
     pub threads: usize,
     pub shards_written: usize,
     pub shards_reused: usize,
+    /// Shards the last run's manifest recorded that were missing, cut short or whose content
+    /// hash no longer matched: re-made from the source.
+    pub shards_damaged: Vec<PathBuf>,
     /// Images decoded (attempts, including failures).
     pub images_decoded: usize,
     pub seconds: f64,
@@ -66,8 +71,6 @@ pub(super) fn run(
         ..RunReport::default()
     };
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // From here on the folder is incomplete until the new manifest lands.
-    remove_if_exists(&out.join(manifest::FILE_NAME))?;
     let options = Options {
         format: manifest::FORMAT.into(),
         source: source.info(),
@@ -80,6 +83,8 @@ pub(super) fn run(
         skip_unknown_classes: config.skip_unknown_classes,
     };
     let same_options = read_options(&out.join(OPTIONS_FILE)) == Some(options.clone());
+    // From here on the folder is incomplete until the new manifest lands.
+    let recorded = Recorded::set_aside(out, same_options)?;
     clean_split_dir(out, false)?;
     // A split the source does not have (a test split, usually) gets no folder; one left by an
     // earlier run of another source is removed.
@@ -124,19 +129,21 @@ pub(super) fn run(
         for (k, block) in src.candidates.chunks(config.shard_size).enumerate() {
             let file = format!("shard-{k:05}.safetensors");
             let path = dir.join(&file);
-            let (kept, failed) = match job.reuse(&path, block) {
-                Some(r) => {
+            let existing = open_existing(&path, recorded.expect(split, &file), &mut report);
+            let reused = existing.and_then(|(shard, sum)| Some((job.reuse(&shard, block)?, sum)));
+            let ((kept, failed), sum) = match reused {
+                Some((r, sum)) => {
                     report.shards_reused += 1;
                     report.images_decoded += r.1.len();
-                    r
+                    (r, Some(sum))
                 }
                 None => {
                     report.images_decoded += block.len();
-                    let r = job.build(&path, block)?;
+                    let (r, sum) = job.build(&path, block)?;
                     if !r.0.is_empty() {
                         report.shards_written += 1;
                     }
-                    r
+                    (r, sum)
                 }
             };
             for (c, (reason, detail)) in failed {
@@ -158,11 +165,13 @@ pub(super) fn run(
                 summary.with_va += usize::from(!c.valence.is_nan());
             }
             summary.kept += kept.len();
-            if !kept.is_empty() {
+            if let Some((bytes, checksum)) = sum.filter(|_| !kept.is_empty()) {
                 files.push(file.clone());
                 summary.shards.push(ShardEntry {
                     file,
                     count: kept.len(),
+                    bytes: Some(bytes),
+                    checksum: Some(checksum),
                 });
             }
         }
@@ -204,11 +213,38 @@ pub(super) fn run(
         reason: format!("internal count mismatch: {reason}"),
     })?;
     manifest.save(&out.join(manifest::FILE_NAME))?;
+    Recorded::discard(out)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok((manifest, report))
 }
 
 type Block<'a> = (Vec<&'a Candidate>, Vec<(&'a Candidate, RowError)>);
+
+/// A shard file's size and content hash, as the manifest records them.
+type FileSum = (u64, Checksum);
+
+/// Opens an existing shard for reuse if `expect` allows, with its size and hash. One the last run
+/// recorded but that is missing or no longer that file is noted as damaged.
+fn open_existing(path: &Path, expect: Expect, report: &mut RunReport) -> Option<(Shard, FileSum)> {
+    match expect {
+        Expect::Rebuild => None,
+        Expect::Structure => {
+            let shard = Shard::open(path).ok()?;
+            let sum = (shard.file_len(), shard.checksum());
+            Some((shard, sum))
+        }
+        Expect::Entry(entry) => match Shard::open_checked(path, entry) {
+            Ok(shard) => {
+                let sum = (shard.file_len(), entry.checksum?);
+                Some((shard, sum))
+            }
+            Err(_) => {
+                report.shards_damaged.push(path.to_path_buf());
+                None
+            }
+        },
+    }
+}
 
 struct Job<'a> {
     size: u32,
@@ -219,8 +255,12 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Decodes a block in parallel and writes its shard (or removes a stale one when nothing
-    /// decoded).
-    fn build<'c>(&self, path: &Path, block: &'c [Candidate]) -> Result<Block<'c>> {
+    /// decoded), returning the written file's size and hash.
+    fn build<'c>(
+        &self,
+        path: &Path,
+        block: &'c [Candidate],
+    ) -> Result<(Block<'c>, Option<FileSum>)> {
         let results: Vec<_> = self.pool.install(|| {
             block
                 .par_iter()
@@ -242,18 +282,22 @@ impl Job<'_> {
                 Err(e) => failed.push((c, e)),
             }
         }
-        if data.is_empty() {
+        let sum = if data.is_empty() {
             remove_if_exists(path)?;
+            None
         } else {
-            data.write(path)?;
-        }
-        Ok((kept, failed))
+            // Hashed from the bytes written, not read back: what the manifest records is what
+            // preparation made.
+            let bytes = data.to_bytes()?;
+            atomic::write_atomic(path, &bytes)?;
+            Some((bytes.len() as u64, Checksum::of(&bytes)))
+        };
+        Ok(((kept, failed), sum))
     }
 
     /// Keeps an existing shard if it holds exactly what `block` should produce: same size,
     /// same rows and labels, and every row it lacks still fails to load.
-    fn reuse<'c>(&self, path: &Path, block: &'c [Candidate]) -> Option<Block<'c>> {
-        let shard = Shard::open(path).ok()?;
+    fn reuse<'c>(&self, shard: &Shard, block: &'c [Candidate]) -> Option<Block<'c>> {
         if shard.size() != self.size as usize {
             return None;
         }
