@@ -16,8 +16,8 @@ pub struct PrepareArgs {
     /// AffectNet root (holds Manually_Annotated_file_lists/ and Manually_Annotated_Images/).
     #[arg(long, value_name = "DIR")]
     affectnet: Option<PathBuf>,
-    /// Image folder per class: DIR/train/<class>/*.{png,jpg,jpeg}, plus optional DIR/val/ and
-    /// DIR/test/ in the same layout.
+    /// Image folder per class: DIR/train/<class>/*.{jpg,png,bmp,tiff,webp,gif} (any case),
+    /// plus optional DIR/val/ and DIR/test/ in the same layout.
     #[arg(long, value_name = "DIR")]
     folder: Option<PathBuf>,
     /// Plain CSV `path,expression,valence,arousal[,x,y,w,h][,split]` (needs --images).

@@ -4,17 +4,18 @@
 //! a stand-in for validation.
 //!
 //! Class folder names map to AffectNet codes through [`labels::code_of_name`] (any case;
-//! `angry`, `happy`, `neutral`, ...). Files ending in `.png`, `.jpg` or `.jpeg` (any case) are
-//! the samples, in (class folder, file name) order; other files are not samples and are not
-//! counted. Images are taken as face crops (no box) and carry no valence/arousal.
+//! `angry`, `happy`, `neutral`, ...). Files with an image extension of [`decode::EXTENSIONS`]
+//! (`.jpg`, `.png`, `.bmp`, `.tiff`, `.webp`, `.gif`, ...; any case) are the samples, in (class
+//! folder, file name) order; other files are not samples and are not counted. Images are taken
+//! as face crops (no box) and carry no valence/arousal.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::labels;
 use crate::manifest::SkipReason;
 use crate::prepare::listing::{self, Candidate, Listing, SplitListing};
+use crate::{decode, labels};
 use crate::{Error, Result};
 
 /// Reads the folder tree at `root`. An unknown class folder is an error unless
@@ -127,7 +128,10 @@ fn read_split(
     if out.rows == 0 {
         return Err(Error::Invalid {
             path: dir.to_path_buf(),
-            reason: "no images (.png, .jpg, .jpeg) in any class folder".into(),
+            reason: format!(
+                "no images ({}) in any class folder",
+                decode::extension_list()
+            ),
         });
     }
     Ok(out)
@@ -137,10 +141,7 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) && path.is_file() {
+        if decode::has_image_extension(&path) && path.is_file() {
             files.push(path);
         }
     }

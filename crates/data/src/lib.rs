@@ -14,6 +14,7 @@ pub mod shard;
 pub mod affectnet;
 pub mod augment;
 pub mod crop;
+pub mod decode;
 pub mod folder;
 pub mod integrity;
 pub mod labels;

@@ -32,6 +32,9 @@ pub enum SkipReason {
     UnreadableFile,
     #[serde(rename = "undecodable image")]
     UndecodableImage,
+    /// Over the decoding limits of [`crate::decode`] (a decompression bomb, or a huge picture).
+    #[serde(rename = "image too large")]
+    ImageTooLarge,
     #[serde(rename = "box outside image")]
     BoxOutsideImage,
     #[serde(rename = "malformed row")]
@@ -50,6 +53,7 @@ impl SkipReason {
             SkipReason::MissingFile => "missing file",
             SkipReason::UnreadableFile => "unreadable file",
             SkipReason::UndecodableImage => "undecodable image",
+            SkipReason::ImageTooLarge => "image too large",
             SkipReason::BoxOutsideImage => "box outside image",
             SkipReason::MalformedRow => "malformed row",
             SkipReason::LabelOutOfRange => "label out of range",

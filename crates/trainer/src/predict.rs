@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use fast_image_resize::Resizer;
 use fer_data::crop::{crop_resize_chw, square_crop, whole, FaceBox};
+use fer_data::decode;
 use fer_data::loader::normalize_images;
+use fer_data::manifest::SkipReason;
 use fer_model::checkpoint::Checkpoint;
 use fer_model::TwoAttTwoMt;
 use serde::Serialize;
@@ -69,12 +71,6 @@ impl InputSpec {
     }
 }
 
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-}
-
 /// Files named on the command line, folders walked recursively (sorted, images only).
 pub fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -86,7 +82,7 @@ pub fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         for p in entries {
             if p.is_dir() {
                 walk(&p, out)?;
-            } else if is_image(&p) {
+            } else if decode::has_image_extension(&p) {
                 out.push(p);
             }
         }
@@ -106,9 +102,10 @@ pub fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::Data(
-            "no .png/.jpg/.jpeg images in the given paths".into(),
-        ));
+        return Err(Error::Data(format!(
+            "no images ({}) in the given paths",
+            decode::extension_list()
+        )));
     }
     Ok(out)
 }
@@ -128,16 +125,22 @@ pub fn parse_box(s: &str) -> Result<FaceBox> {
     }
 }
 
-/// Decodes, crops and resizes one image to CHW bytes.
+/// Decodes (as prepare-data does: any supported format, EXIF orientation applied, within the
+/// decoding limits), crops and resizes one image to CHW bytes.
 pub fn load_face(
     path: &Path,
     face: Option<FaceBox>,
     spec: &InputSpec,
     resizer: &mut Resizer,
 ) -> Result<Vec<u8>> {
-    let img = image::open(path)
-        .map_err(|e| Error::Data(format!("{}: cannot decode image: {e}", path.display())))?
-        .to_rgb8();
+    let img = decode::read_rgb(path).map_err(|(reason, detail)| match reason {
+        // The detail of a read failure names the file already.
+        SkipReason::MissingFile | SkipReason::UnreadableFile => Error::Data(detail),
+        _ => Error::Data(format!(
+            "{}: cannot decode image ({reason}): {detail}",
+            path.display()
+        )),
+    })?;
     let (w, h) = img.dimensions();
     let rect = match face {
         Some(b) => square_crop(b, spec.margin, w, h).map_err(|e| {
@@ -332,6 +335,89 @@ fn predictions_csv(preds: &[Prediction], classes: &[String]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../data/tests/fixtures/formats")
+            .join(name)
+    }
+
+    fn spec(size: usize) -> InputSpec {
+        InputSpec {
+            size,
+            margin: 0.0,
+            classes: vec![],
+            va_trained: true,
+        }
+    }
+
+    #[test]
+    fn faces_decode_as_prepare_data_decodes_them() {
+        // The same face in five formats, and one stored sideways with an EXIF tag: the
+        // network sees what prepare-data put in the shards.
+        let mut rz = Resizer::new();
+        // Pillow's decoding of the lossless files (24x16), made with the fixtures.
+        let pillow = std::fs::read(fixture("face.png.rgb")).unwrap();
+        let want = crop_resize_chw(&mut rz, &pillow, 24, 16, whole(24, 16), 8);
+        for f in ["face.png", "face.bmp", "face.tiff", "face.webp", "face.gif"] {
+            assert_eq!(
+                load_face(&fixture(f), None, &spec(8), &mut rz).unwrap(),
+                want,
+                "{f}"
+            );
+        }
+        let turned = load_face(&fixture("orient-6.jpg"), None, &spec(8), &mut rz).unwrap();
+        let rgb = decode::read_rgb(&fixture("orient-6.jpg")).unwrap();
+        assert_eq!(
+            rgb.dimensions(),
+            (16, 24),
+            "the EXIF rotation was not applied"
+        );
+        assert_eq!(
+            turned,
+            crop_resize_chw(&mut rz, rgb.as_raw(), 16, 24, whole(16, 24), 8)
+        );
+    }
+
+    #[test]
+    fn a_bomb_or_a_non_image_is_an_error_naming_the_file() {
+        let mut rz = Resizer::new();
+        let e = load_face(&fixture("bomb-side.png"), None, &spec(8), &mut rz)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bomb-side.png") && e.contains("image too large"),
+            "{e}"
+        );
+        let e = load_face(&fixture("expected.json"), None, &spec(8), &mut rz)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected.json") && e.contains("undecodable image"),
+            "{e}"
+        );
+        let e = load_face(&fixture("gone.png"), None, &spec(8), &mut rz)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gone.png"), "{e}");
+    }
+
+    #[test]
+    fn folders_offer_every_format_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "A.JPG", "b.Png", "c.BMP", "d.tif", "e.TIFF", "f.webp", "g.GIF", "h.jpeg",
+        ];
+        for n in names.iter().chain(&["notes.txt", "i.png.bak"]) {
+            std::fs::write(dir.path().join(n), "").unwrap();
+        }
+        let found = collect_images(&[dir.path().to_path_buf()]).unwrap();
+        let found: Vec<String> = found
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(found, names);
+    }
 
     #[test]
     fn box_parsing() {

@@ -38,9 +38,10 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{Manifest, SourceInfo};
 use crate::{affectnet, folder, plain_csv, Error, Result};
 
+pub use crate::decode::decode_rgb;
 pub use listing::{carve_key, stratum_quotas, Candidate, Listing, SplitListing, ValCarve, SPLITS};
 pub use recorded::PREVIOUS_FILE;
-pub use run::{decode_rgb, load, RunReport};
+pub use run::{load, RunReport};
 
 /// Where to read a dataset from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

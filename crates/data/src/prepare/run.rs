@@ -20,7 +20,7 @@ use crate::manifest::{
     self, Manifest, ShardEntry, SkipReason, SkippedRow, SourceInfo, SplitSummary,
 };
 use crate::shard::{Shard, ShardData};
-use crate::{atomic, labels, Error, Result};
+use crate::{atomic, decode, labels, Error, Result};
 
 /// The options file that ties existing shards to the options that made them.
 pub const OPTIONS_FILE: &str = "prepare-options.json";
@@ -354,15 +354,7 @@ pub fn load(
     size: u32,
     resizer: &mut Resizer,
 ) -> std::result::Result<Vec<u8>, RowError> {
-    let bytes = fs::read(&c.file).map_err(|e| {
-        let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            SkipReason::MissingFile
-        } else {
-            SkipReason::UnreadableFile
-        };
-        (reason, format!("{}: {e}", c.file.display()))
-    })?;
-    let rgb = decode_rgb(&bytes).map_err(|e| (SkipReason::UndecodableImage, e))?;
+    let rgb = decode::read_rgb(&c.file)?;
     let (w, h) = rgb.dimensions();
     let rect = match c.face {
         None => crop::whole(w, h),
@@ -388,30 +380,6 @@ pub fn load(
         rect,
         size,
     ))
-}
-
-/// Decodes PNG or JPEG bytes to RGB (grey and RGBA are converted; alpha is dropped).
-pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<image::RgbImage, String> {
-    if is_truncated_jpeg(bytes) {
-        return Err("JPEG ends before its end-of-image marker (truncated file)".into());
-    }
-    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
-    Ok(img.into_rgb8())
-}
-
-/// The JPEG decoder fills a cut-off scan with grey instead of failing, so a truncated file
-/// would become a half-grey training image. Entropy-coded data cannot contain `FF D9` (a data
-/// `FF` is always followed by `00` or a restart marker), so a complete file has an end-of-image
-/// marker after its last start-of-scan.
-fn is_truncated_jpeg(bytes: &[u8]) -> bool {
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return false;
-    }
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_sos {
-        Some(p) => !bytes[p..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => true,
-    }
 }
 
 fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
