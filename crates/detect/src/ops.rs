@@ -53,6 +53,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&[f32]>, spec: ConvSpec) -> Tens
     let ho = out_size(h, pt + pb, kh, sy).expect("checked by the caller");
     let wo = out_size(wd, pl + pr, kw, sx).expect("checked by the caller");
     let mg = m / spec.group;
+    if spec.group == 1 {
+        return dense_conv2d(x, w, b, spec, [ho, wo]);
+    }
     // Zero padding once up front keeps the inner loops free of bounds tests.
     let padded: Vec<f32> = if pt + pb + pl + pr == 0 {
         x.data.clone()
@@ -95,6 +98,90 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&[f32]>, spec: ConvSpec) -> Tens
                 }
             }
         });
+    Tensor::new(vec![n, m, ho, wo], out)
+}
+
+/// A dense convolution as one matrix product per image: `W [M, C kh kw] x cols [C kh kw, P]`,
+/// where `cols` is the input itself for a 1x1 kernel with stride 1 and no padding. Most of
+/// BlazeFace's time is in these products.
+fn dense_conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&[f32]>,
+    spec: ConvSpec,
+    [ho, wo]: [usize; 2],
+) -> Tensor {
+    let [n, c, h, wd] = x.shape[..] else {
+        unreachable!("checked by the caller")
+    };
+    let [m, _, kh, kw] = w.shape[..] else {
+        unreachable!("checked by the caller")
+    };
+    let [sy, sx] = spec.stride;
+    let [pt, pl, _, _] = spec.pads;
+    let (k, p) = (c * kh * kw, ho * wo);
+    let direct = kh == 1 && kw == 1 && sy == 1 && sx == 1 && spec.pads == [0; 4];
+    let mut out = vec![0f32; n * m * p];
+    let mut cols = if direct { vec![] } else { vec![0f32; k * p] };
+    for img in 0..n {
+        let src = &x.data[img * c * h * wd..(img + 1) * c * h * wd];
+        if !direct {
+            // Row (ci, ky, kx) of `cols` holds that tap's input pixel for every output pixel
+            // (zero where the window hangs over the padding).
+            cols.par_chunks_mut(p).enumerate().for_each(|(r, row)| {
+                let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                let plane = &src[ci * h * wd..(ci + 1) * h * wd];
+                for (oy, orow) in row.chunks_exact_mut(wo).enumerate() {
+                    let y = (oy * sy + ky).wrapping_sub(pt);
+                    for (ox, d) in orow.iter_mut().enumerate() {
+                        let xx = (ox * sx + kx).wrapping_sub(pl);
+                        *d = if y < h && xx < wd {
+                            plane[y * wd + xx]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            });
+        }
+        let rhs = if direct { src } else { &cols[..] };
+        let dst = &mut out[img * m * p..(img + 1) * m * p];
+        if let Some(b) = b {
+            for (row, &bias) in dst.chunks_exact_mut(p).zip(b) {
+                row.fill(bias);
+            }
+        }
+        let threads = rayon::current_num_threads();
+        // SAFETY: `dst` is `m x p`, `w.data` is `m x k` and `rhs` is `k x p`, all dense
+        // row-major and checked by the caller's shape tests; `dst` is exclusively borrowed.
+        unsafe {
+            gemm::gemm(
+                m,
+                p,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                p as isize,
+                b.is_some(),
+                w.data.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                1,
+                p as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                },
+            )
+        }
+    }
     Tensor::new(vec![n, m, ho, wo], out)
 }
 

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Overrides, TrainConfig};
 use crate::evaluate::{evaluate, Tta};
+use crate::photos::DetectMode;
 use crate::report::{self, MetricsJson, ReportInput, SplitMetrics};
 use crate::state::{keys, TrainState};
 use crate::train::{self, Outcome, TrainArgs};
@@ -128,14 +129,29 @@ pub struct EvalCmd {
 pub struct PredictCmd {
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Output file (.jsonl or .csv); JSON lines on stdout when left out.
+    /// Output file (.jsonl or .csv): one record per face, one "no face found" record per photo
+    /// without any. JSON lines on stdout when left out.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Find the faces with the face detector: `auto` searches every image unless --box is given
+    /// or the image is already a face crop (a square of the model's input size); `on` searches
+    /// every image; `off` takes each whole image as one face.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub detect: DetectMode,
+    /// The BlazeFace ONNX file (`cargo xtask fetch-detector` fetches it).
+    #[arg(long, default_value = crate::photos::DEFAULT_DETECTOR)]
+    pub detector: PathBuf,
+    /// Faces the detector is less sure of than this are left out.
+    #[arg(long, default_value_t = fer_detect::DetectOptions::default().score_threshold)]
+    pub min_face_score: f32,
+    /// Write every photo with its faces boxed and labelled (expression, V/A) into this folder.
+    #[arg(long)]
+    pub annotate: Option<PathBuf>,
     /// Write a PNG of the first-level attention maps over each face into this folder.
     #[arg(long)]
     pub heatmaps: Option<PathBuf>,
-    /// Face box x,y,w,h in pixels, applied to every image (cropped with the training margin);
-    /// without it the whole image is taken as the face.
+    /// Face box x,y,w,h in pixels, applied to every image (cropped with the training margin)
+    /// instead of searching for faces.
     #[arg(long = "box")]
     pub face_box: Option<String>,
     /// Test-time augmentation: `flip` predicts the mean of each face and its mirror image.
@@ -143,7 +159,7 @@ pub struct PredictCmd {
     pub tta: Tta,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
-    /// Image files or folders (searched recursively for .png/.jpg/.jpeg).
+    /// Image files or folders (searched recursively for JPEG, PNG, BMP, TIFF, WebP and GIF).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }
@@ -372,24 +388,45 @@ fn run_predict(p: PredictCmd) -> Result<()> {
         );
     }
     let (_, model) = ck.build(&device)?;
-    let face = p.face_box.as_deref().map(predict::parse_box).transpose()?;
+    let user_box = p.face_box.as_deref().map(predict::parse_box).transpose()?;
+    if !(0.0..=1.0).contains(&p.min_face_score) {
+        return Err(Error::Config(format!(
+            "--min-face-score {}: a score between 0 and 1",
+            p.min_face_score
+        )));
+    }
+    let detector = crate::photos::load_detector(p.detect, user_box.is_some(), Some(&p.detector))?;
     let images = predict::collect_images(&p.paths)?;
-    // Fail on a bad --out before the work.
+    // Fail on a bad --out or an unwritable folder before the work.
     predict::format_predictions(&[], p.out.as_deref(), &spec.classes)?;
-    let preds = predict::predict(
-        &model,
-        &spec,
-        &images,
-        face,
-        p.heatmaps.as_deref(),
-        p.tta,
-        &device,
-    )?;
+    for dir in [&p.annotate, &p.heatmaps].into_iter().flatten() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let how = predict::PredictOptions {
+        user_box,
+        detect: p.detect,
+        detector: detector.as_ref(),
+        detect_options: fer_detect::DetectOptions {
+            score_threshold: p.min_face_score,
+            ..Default::default()
+        },
+        heatmaps: p.heatmaps.as_deref(),
+        annotate: p.annotate.as_deref(),
+        tta: p.tta,
+    };
+    let (preds, summary) = predict::predict(&model, &spec, &images, &how, &device)?;
+    eprintln!(
+        "{} images: {} faces, {} without a face, {} unreadable (skipped)",
+        summary.images,
+        summary.faces,
+        summary.without_face,
+        summary.unreadable.len()
+    );
     let text = predict::format_predictions(&preds, p.out.as_deref(), &spec.classes)?;
     match &p.out {
         Some(path) => {
             fer_data::atomic::write_atomic(path, text.as_bytes())?;
-            eprintln!("{} predictions written to {}", preds.len(), path.display());
+            eprintln!("{} records written to {}", preds.len(), path.display());
         }
         None => print!("{text}"),
     }

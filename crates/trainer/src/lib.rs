@@ -20,6 +20,7 @@
 //! ```
 
 pub mod alloc;
+pub mod annotate;
 pub mod bench;
 pub mod cli;
 pub mod clip;
@@ -32,6 +33,7 @@ pub mod gpu_check;
 pub mod init;
 pub mod optim;
 mod optim_cpu;
+pub mod photos;
 pub mod plan;
 pub mod plots;
 pub mod predict;

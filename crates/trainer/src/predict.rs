@@ -1,28 +1,40 @@
-//! Prediction on image files: crop (optionally by a face box), resize as the training data was
-//! prepared, and report class probabilities and valence/arousal per image.
+//! Prediction on image files: find the faces (the face detector on whole photos, a given box,
+//! or the whole image), crop and resize each as the training data was prepared, and report
+//! class probabilities and valence/arousal per face.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use fast_image_resize::Resizer;
-use fer_data::crop::{crop_resize_chw, square_crop, whole, FaceBox};
+use fer_data::crop::FaceBox;
 use fer_data::decode;
 use fer_data::loader::normalize_images;
-use fer_data::manifest::SkipReason;
+use fer_detect::{DetectOptions, Detector};
 use fer_model::checkpoint::Checkpoint;
 use fer_model::TwoAttTwoMt;
 use serde::Serialize;
 
+use crate::annotate;
 use crate::evaluate::{mirror, Tta};
+use crate::photos::{self, DetectMode, Photo};
 use crate::plots::{self, AttentionFace};
 use crate::state::keys;
 use crate::{Error, Result};
 
-/// One line of the output.
+/// One line of the output: one face, or one photo without any.
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub path: String,
+    /// Number of the face in its photo (0 = the detector's most confident); `None` when the
+    /// whole image, or the `--box`, was taken as the face.
+    pub face: Option<usize>,
+    /// The face box `[x, y, w, h]` in photo pixels (before the crop margin); `None` when the
+    /// whole image was the face.
+    #[serde(rename = "box")]
+    pub bbox: Option<[f32; 4]>,
+    /// The detector's confidence in the face.
+    pub face_score: Option<f32>,
     /// `None` for a model without a categorical head.
     pub expression: Option<String>,
     pub probabilities: Option<BTreeMap<String, f32>>,
@@ -30,6 +42,24 @@ pub struct Prediction {
     /// labels, whose V/A head never learned.
     pub valence: Option<f32>,
     pub arousal: Option<f32>,
+    /// `"no face found"` on the record of a photo the detector found no face in.
+    pub note: Option<String>,
+}
+
+impl Prediction {
+    fn no_face(path: &Path) -> Self {
+        Self {
+            path: path.display().to_string(),
+            face: None,
+            bbox: None,
+            face_score: None,
+            expression: None,
+            probabilities: None,
+            valence: None,
+            arousal: None,
+            note: Some("no face found".into()),
+        }
+    }
 }
 
 /// What the checkpoint says about its input.
@@ -125,154 +155,235 @@ pub fn parse_box(s: &str) -> Result<FaceBox> {
     }
 }
 
-/// Decodes (as prepare-data does: any supported format, EXIF orientation applied, within the
-/// decoding limits), crops and resizes one image to CHW bytes.
-pub fn load_face(
-    path: &Path,
-    face: Option<FaceBox>,
-    spec: &InputSpec,
-    resizer: &mut Resizer,
-) -> Result<Vec<u8>> {
-    let img = decode::read_rgb(path).map_err(|(reason, detail)| match reason {
-        // The detail of a read failure names the file already.
-        SkipReason::MissingFile | SkipReason::UnreadableFile => Error::Data(detail),
-        _ => Error::Data(format!(
-            "{}: cannot decode image ({reason}): {detail}",
-            path.display()
-        )),
-    })?;
-    let (w, h) = img.dimensions();
-    let rect = match face {
-        Some(b) => square_crop(b, spec.margin, w, h).map_err(|e| {
-            Error::Data(format!(
-                "{}: face box does not fit the {w}x{h} image: {e:?}",
-                path.display()
-            ))
-        })?,
-        None => whole(w, h),
-    };
-    Ok(crop_resize_chw(
-        resizer,
-        img.as_raw(),
-        w,
-        h,
-        rect,
-        spec.size as u32,
-    ))
+/// How `predict` finds and shows the faces.
+pub struct PredictOptions<'a> {
+    /// One box for every image (pixels); the detector is not used.
+    pub user_box: Option<FaceBox>,
+    pub detect: DetectMode,
+    pub detector: Option<&'a Detector>,
+    pub detect_options: DetectOptions,
+    /// Attention heat maps of every face, one PNG per face.
+    pub heatmaps: Option<&'a Path>,
+    /// Every photo with its faces boxed and labelled.
+    pub annotate: Option<&'a Path>,
+    pub tta: Tta,
 }
 
-/// Predicts every image, in batches; writes heat maps (of the face as given) when `heatmaps` is
-/// set. With `Tta::Flip` the probabilities and valence/arousal are the mean of the face's and
-/// its mirror image's.
+/// What `predict` did, for the closing line on stderr.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PredictSummary {
+    pub images: usize,
+    pub faces: usize,
+    pub without_face: usize,
+    /// Files that could not be read or decoded, with the reason: reported and skipped.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// Class probabilities and valence/arousal of a batch of CHW face crops (the mean over the
+/// face and its mirror image with `Tta::Flip`), and the first-level attention maps.
+struct Scores {
+    probs: Option<Vec<Vec<f32>>>,
+    valence: Vec<f32>,
+    arousal: Vec<f32>,
+    alpha: Vec<Tensor>,
+}
+
+fn score_faces(
+    model: &TwoAttTwoMt,
+    spec: &InputSpec,
+    faces: &[&[u8]],
+    tta: Tta,
+    device: &Device,
+) -> Result<Scores> {
+    let n = faces.len();
+    let x = normalize_images(&faces.concat(), n, spec.size, device)?;
+    let o = model.forward(&x, false)?;
+    let probs_of = |o: &fer_model::ModelOutput| -> Result<Option<Vec<Vec<f32>>>> {
+        Ok(match &o.logits {
+            Some(l) => {
+                Some(candle_nn::ops::softmax(&l.to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?)
+            }
+            None => None,
+        })
+    };
+    let mut probs = probs_of(&o)?;
+    let (mut v, mut a) = (o.valence.to_vec1::<f32>()?, o.arousal.to_vec1::<f32>()?);
+    if tta == Tta::Flip {
+        let m = model.forward(&mirror(&x)?, false)?;
+        let mean = |x: &mut [f32], y: &[f32]| {
+            for (p, q) in x.iter_mut().zip(y) {
+                *p = 0.5 * (*p + q);
+            }
+        };
+        if let (Some(p), Some(q)) = (&mut probs, probs_of(&m)?) {
+            for (pr, qr) in p.iter_mut().zip(&q) {
+                mean(pr, qr);
+            }
+        }
+        mean(&mut v, &m.valence.to_vec1::<f32>()?);
+        mean(&mut a, &m.arousal.to_vec1::<f32>()?);
+    }
+    Ok(Scores {
+        probs,
+        valence: v,
+        arousal: a,
+        alpha: o.alpha,
+    })
+}
+
+/// Predicts every face of every image: one record per face, one "no face found" record per
+/// photo without any; unreadable files are reported on stderr and skipped.
 pub fn predict(
     model: &TwoAttTwoMt,
     spec: &InputSpec,
     images: &[PathBuf],
-    face: Option<FaceBox>,
-    heatmaps: Option<&Path>,
-    tta: Tta,
+    how: &PredictOptions,
     device: &Device,
-) -> Result<Vec<Prediction>> {
+) -> Result<(Vec<Prediction>, PredictSummary)> {
     let mut resizer = Resizer::new();
     let mut out = vec![];
+    let mut summary = PredictSummary::default();
     let taps = model.config().backbone.taps.clone();
-    for (chunk_no, chunk) in images.chunks(32).enumerate() {
-        let faces: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(|p| load_face(p, face, spec, &mut resizer))
-            .collect::<Result<_>>()?;
-        let n = faces.len();
-        let x = normalize_images(&faces.concat(), n, spec.size, device)?;
-        let o = model.forward(&x, false)?;
-        let probs_of = |o: &fer_model::ModelOutput| -> Result<Option<Vec<Vec<f32>>>> {
-            Ok(match &o.logits {
-                Some(l) => {
-                    Some(candle_nn::ops::softmax(&l.to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?)
-                }
-                None => None,
-            })
-        };
-        let mut probs = probs_of(&o)?;
-        let (mut v, mut a) = (o.valence.to_vec1::<f32>()?, o.arousal.to_vec1::<f32>()?);
-        if tta == Tta::Flip {
-            let m = model.forward(&mirror(&x)?, false)?;
-            let mean = |x: &mut [f32], y: &[f32]| {
-                for (p, q) in x.iter_mut().zip(y) {
-                    *p = 0.5 * (*p + q);
-                }
-            };
-            if let (Some(p), Some(q)) = (&mut probs, probs_of(&m)?) {
-                for (pr, qr) in p.iter_mut().zip(&q) {
-                    mean(pr, qr);
-                }
-            }
-            mean(&mut v, &m.valence.to_vec1::<f32>()?);
-            mean(&mut a, &m.arousal.to_vec1::<f32>()?);
+    let name = |k: usize| {
+        spec.classes
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| format!("class{k}"))
+    };
+    // Photos in chunks, so the faces of several photos share one forward pass while only a few
+    // decoded photos are held for the annotated copies.
+    const PHOTOS_PER_CHUNK: usize = 16;
+    for (chunk_no, chunk) in images.chunks(PHOTOS_PER_CHUNK).enumerate() {
+        let mut photos = vec![];
+        for path in chunk {
+            photos.push(photos::load(
+                path,
+                how.user_box,
+                how.detect,
+                how.detector,
+                &how.detect_options,
+                spec,
+                &mut resizer,
+            )?);
         }
-        for (i, path) in chunk.iter().enumerate() {
-            let (expression, probabilities) = match &probs {
-                Some(p) => {
-                    let row = &p[i];
-                    let k = row
-                        .iter()
-                        .enumerate()
-                        .fold(0, |b, (k, &x)| if x > row[b] { k } else { b });
-                    let name = |k: usize| {
-                        spec.classes
-                            .get(k)
-                            .cloned()
-                            .unwrap_or_else(|| format!("class{k}"))
-                    };
-                    let map = row.iter().enumerate().map(|(k, &x)| (name(k), x)).collect();
-                    (Some(name(k)), Some(map))
+        let crops: Vec<&[u8]> = photos
+            .iter()
+            .flat_map(|p| match p {
+                Photo::Faces { faces, .. } => faces.iter().map(|f| &f.chw[..]).collect(),
+                _ => vec![],
+            })
+            .collect();
+        let mut scores = vec![];
+        for batch in crops.chunks(32) {
+            scores.push((
+                batch.len(),
+                score_faces(model, spec, batch, how.tta, device)?,
+            ));
+        }
+        // (batch, row) of every crop, in order.
+        let mut rows = scores
+            .iter()
+            .enumerate()
+            .flat_map(|(b, (n, _))| (0..*n).map(move |i| (b, i)));
+        for (i, photo) in photos.into_iter().enumerate() {
+            summary.images += 1;
+            let photo_no = chunk_no * PHOTOS_PER_CHUNK + i;
+            let (path, image, faces) = match photo {
+                Photo::Unreadable { path, reason } => {
+                    eprintln!("skipped {}: {reason}", path.display());
+                    summary.unreadable.push((path, reason));
+                    continue;
                 }
-                None => (None, None),
+                Photo::NoFace { path } => {
+                    summary.without_face += 1;
+                    out.push(Prediction::no_face(&path));
+                    continue;
+                }
+                Photo::Faces { path, image, faces } => (path, image, faces),
             };
-            if let Some(dir) = heatmaps {
-                let maps = o
-                    .alpha
-                    .iter()
-                    .map(|t| -> Result<(usize, usize, Vec<f32>)> {
-                        let (_, h, w) = t.dims3()?;
-                        Ok((h, w, t.get(i)?.flatten_all()?.to_vec1::<f32>()?))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-                let file = dir.join(format!("{:04}-{stem}.png", chunk_no * 32 + i));
-                let caption = if spec.va_trained {
-                    format!(
-                        "{} | V {:+.2} A {:+.2}",
-                        expression.as_deref().unwrap_or("-"),
-                        v[i],
-                        a[i]
-                    )
-                } else {
-                    expression.clone().unwrap_or_else(|| "-".into())
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            let mut labels = vec![];
+            for face in faces {
+                let (b, row) = rows.next().expect("one score row per crop");
+                let s = &scores[b].1;
+                let (expression, probabilities) = match &s.probs {
+                    Some(p) => {
+                        let r = &p[row];
+                        let k = r
+                            .iter()
+                            .enumerate()
+                            .fold(0, |best, (k, &x)| if x > r[best] { k } else { best });
+                        let map: BTreeMap<String, f32> =
+                            r.iter().enumerate().map(|(k, &x)| (name(k), x)).collect();
+                        (Some(name(k)), Some(map))
+                    }
+                    None => (None, None),
                 };
-                plots::attention(
-                    &file,
-                    &[AttentionFace {
-                        image: faces[i].clone(),
-                        size: spec.size,
-                        maps,
-                        caption,
-                    }],
-                    &taps,
+                let (v, a) = (s.valence[row], s.arousal[row]);
+                let class = match (&expression, &probabilities) {
+                    (Some(e), Some(p)) => format!("{e} {:.2}", p[e]),
+                    _ => "-".into(),
+                };
+                let caption = match spec.va_trained {
+                    true => format!("{class} | V {v:+.2} A {a:+.2}"),
+                    false => class,
+                };
+                let suffix = face.index.map_or(String::new(), |k| format!("-face{k}"));
+                if let Some(dir) = how.heatmaps {
+                    let maps = s
+                        .alpha
+                        .iter()
+                        .map(|t| -> Result<(usize, usize, Vec<f32>)> {
+                            let (_, h, w) = t.dims3()?;
+                            Ok((h, w, t.get(row)?.flatten_all()?.to_vec1::<f32>()?))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    plots::attention(
+                        &dir.join(format!("{photo_no:04}-{stem}{suffix}.png")),
+                        &[AttentionFace {
+                            image: face.chw.clone(),
+                            size: spec.size,
+                            maps,
+                            caption: caption.clone(),
+                        }],
+                        &taps,
+                    )?;
+                }
+                if let Some(b) = face.bbox {
+                    let number = face.index.map_or(String::new(), |k| format!("{} ", k + 1));
+                    labels.push(annotate::Label {
+                        bbox: (b.x, b.y, b.w, b.h),
+                        caption: format!("{number}{caption}"),
+                    });
+                }
+                summary.faces += 1;
+                out.push(Prediction {
+                    path: path.display().to_string(),
+                    face: face.index,
+                    bbox: face
+                        .bbox
+                        .map(|b| [b.x as f32, b.y as f32, b.w as f32, b.h as f32]),
+                    face_score: face.score,
+                    expression,
+                    probabilities,
+                    valence: spec.va_trained.then_some(v),
+                    arousal: spec.va_trained.then_some(a),
+                    note: None,
+                });
+            }
+            if let Some(dir) = how.annotate {
+                annotate::photo(
+                    &dir.join(format!("{photo_no:04}-{stem}.png")),
+                    &image,
+                    &labels,
                 )?;
             }
-            out.push(Prediction {
-                path: path.display().to_string(),
-                expression,
-                probabilities,
-                valence: spec.va_trained.then_some(v[i]),
-                arousal: spec.va_trained.then_some(a[i]),
-            });
         }
     }
-    Ok(out)
+    Ok((out, summary))
 }
 
-/// JSON lines, or CSV (`path,expression,valence,arousal,p_<class>...`) by the file extension.
+/// JSON lines, or CSV (see [`predictions_csv`]) by the file extension.
 pub fn format_predictions(
     preds: &[Prediction],
     out: Option<&Path>,
@@ -300,32 +411,48 @@ pub fn format_predictions(
     Ok(s)
 }
 
-/// One row per face: path, expression, valence, arousal, then one probability per class; the
-/// cells a model cannot fill (no V/A head, no categorical head) are empty.
+/// One row per face: path, face number, box, detector score, expression, valence, arousal, one
+/// probability per class, note; the cells that do not apply (no detector, no V/A head, no
+/// categorical head, no face) are empty.
 fn predictions_csv(preds: &[Prediction], classes: &[String]) -> Result<String> {
     let err = |e: &dyn std::fmt::Display| Error::Config(format!("writing CSV: {e}"));
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec![
-        "path".to_string(),
-        "expression".into(),
-        "valence".into(),
-        "arousal".into(),
-    ];
+    let mut header: Vec<String> = [
+        "path",
+        "face",
+        "x",
+        "y",
+        "w",
+        "h",
+        "face_score",
+        "expression",
+        "valence",
+        "arousal",
+    ]
+    .map(String::from)
+    .to_vec();
     header.extend(classes.iter().map(|c| format!("p_{c}")));
+    header.push("note".into());
     w.write_record(&header).map_err(|e| err(&e))?;
     let cell = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
     for p in preds {
         let mut row = vec![
             p.path.clone(),
+            p.face.map_or(String::new(), |k| k.to_string()),
+        ];
+        row.extend((0..4).map(|k| cell(p.bbox.map(|b| b[k]))));
+        row.extend([
+            cell(p.face_score),
             p.expression.clone().unwrap_or_default(),
             cell(p.valence),
             cell(p.arousal),
-        ];
+        ]);
         row.extend(
             classes
                 .iter()
                 .map(|c| cell(p.probabilities.as_ref().and_then(|m| m.get(c)).copied())),
         );
+        row.push(p.note.clone().unwrap_or_default());
         w.write_record(&row).map_err(|e| err(&e))?;
     }
     let bytes = w.into_inner().map_err(|e| err(&e))?;
@@ -335,11 +462,26 @@ fn predictions_csv(preds: &[Prediction], classes: &[String]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fer_data::crop::{crop_resize_chw, whole};
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../data/tests/fixtures/formats")
             .join(name)
+    }
+
+    /// The crop `predict` classifies for a whole image, or why the file was skipped.
+    fn load_face(
+        path: &Path,
+        spec: &InputSpec,
+        rz: &mut Resizer,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let opts = DetectOptions::default();
+        match photos::load(path, None, DetectMode::Off, None, &opts, spec, rz).unwrap() {
+            Photo::Faces { mut faces, .. } => Ok(faces.remove(0).chw),
+            Photo::Unreadable { reason, .. } => Err(reason),
+            Photo::NoFace { .. } => unreachable!("no detector"),
+        }
     }
 
     fn spec(size: usize) -> InputSpec {
@@ -353,7 +495,7 @@ mod tests {
 
     #[test]
     fn faces_decode_as_prepare_data_decodes_them() {
-        // The same face in five formats, and one stored sideways with an EXIF tag: the
+        // The same face in four formats, one of them stored sideways with an EXIF tag: the
         // network sees what prepare-data put in the shards.
         let mut rz = Resizer::new();
         // Pillow's decoding of the lossless files (24x16), made with the fixtures.
@@ -361,12 +503,12 @@ mod tests {
         let want = crop_resize_chw(&mut rz, &pillow, 24, 16, whole(24, 16), 8);
         for f in ["face.png", "face.bmp", "face.tiff", "face.webp", "face.gif"] {
             assert_eq!(
-                load_face(&fixture(f), None, &spec(8), &mut rz).unwrap(),
+                load_face(&fixture(f), &spec(8), &mut rz).unwrap(),
                 want,
                 "{f}"
             );
         }
-        let turned = load_face(&fixture("orient-6.jpg"), None, &spec(8), &mut rz).unwrap();
+        let turned = load_face(&fixture("orient-6.jpg"), &spec(8), &mut rz).unwrap();
         let rgb = decode::read_rgb(&fixture("orient-6.jpg")).unwrap();
         assert_eq!(
             rgb.dimensions(),
@@ -380,25 +522,13 @@ mod tests {
     }
 
     #[test]
-    fn a_bomb_or_a_non_image_is_an_error_naming_the_file() {
+    fn a_bomb_or_a_non_image_is_skipped_with_its_reason() {
         let mut rz = Resizer::new();
-        let e = load_face(&fixture("bomb-side.png"), None, &spec(8), &mut rz)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("bomb-side.png") && e.contains("image too large"),
-            "{e}"
-        );
-        let e = load_face(&fixture("expected.json"), None, &spec(8), &mut rz)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("expected.json") && e.contains("undecodable image"),
-            "{e}"
-        );
-        let e = load_face(&fixture("gone.png"), None, &spec(8), &mut rz)
-            .unwrap_err()
-            .to_string();
+        let e = load_face(&fixture("bomb-side.png"), &spec(8), &mut rz).unwrap_err();
+        assert!(e.contains("image too large"), "{e}");
+        let e = load_face(&fixture("expected.json"), &spec(8), &mut rz).unwrap_err();
+        assert!(e.contains("undecodable image"), "{e}");
+        let e = load_face(&fixture("gone.png"), &spec(8), &mut rz).unwrap_err();
         assert!(e.contains("gone.png"), "{e}");
     }
 
@@ -438,16 +568,21 @@ mod tests {
         probs.insert("Sad".to_string(), 0.25f32);
         let p = vec![Prediction {
             path: "a,b.png".into(),
+            face: Some(1),
+            bbox: Some([10.5, 20.0, 30.0, 32.25]),
+            face_score: Some(0.875),
             expression: Some("Happy".into()),
             probabilities: Some(probs),
             valence: Some(0.5),
             arousal: Some(-0.25),
+            note: None,
         }];
         let classes = vec!["Happy".to_string(), "Sad".to_string()];
         let csv = format_predictions(&p, Some(Path::new("x.csv")), &classes).unwrap();
         assert_eq!(
             csv,
-            "path,expression,valence,arousal,p_Happy,p_Sad\n\"a,b.png\",Happy,0.5,-0.25,0.75,0.25\n"
+            "path,face,x,y,w,h,face_score,expression,valence,arousal,p_Happy,p_Sad,note\n\
+             \"a,b.png\",1,10.5,20,30,32.25,0.875,Happy,0.5,-0.25,0.75,0.25,\n"
         );
         let js = format_predictions(&p, None, &classes).unwrap();
         let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
@@ -460,7 +595,18 @@ mod tests {
             ..p[0].clone()
         }];
         let csv = format_predictions(&q, Some(Path::new("x.csv")), &classes).unwrap();
-        assert!(csv.ends_with("\"a,b.png\",Happy,,,0.75,0.25\n"), "{csv}");
+        assert!(csv.ends_with(",Happy,,,0.75,0.25,\n"), "{csv}");
+        // A photo without a face: one record that says so.
+        let none = vec![Prediction::no_face(Path::new("empty.jpg"))];
+        let csv = format_predictions(&none, Some(Path::new("x.csv")), &classes).unwrap();
+        assert!(
+            csv.ends_with("\nempty.jpg,,,,,,,,,,,,no face found\n"),
+            "{csv}"
+        );
+        let js = format_predictions(&none, None, &classes).unwrap();
+        let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
+        assert_eq!(v["note"], "no face found");
+        assert!(v["box"].is_null() && v["expression"].is_null());
         let js = format_predictions(&q, None, &classes).unwrap();
         let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
         assert!(v["valence"].is_null() && v["arousal"].is_null());
@@ -470,11 +616,9 @@ mod tests {
     fn csv_paths_survive_a_csv_reader() {
         let path = "dir/\"odd\", name\nwith a line break.png";
         let p = vec![Prediction {
-            path: path.into(),
-            expression: None,
-            probabilities: None,
             valence: Some(0.5),
             arousal: Some(-0.25),
+            ..Prediction::no_face(Path::new(path))
         }];
         let classes = vec!["Happy".to_string()];
         let text = format_predictions(&p, Some(Path::new("x.CSV")), &classes).unwrap();
@@ -482,6 +626,22 @@ mod tests {
         let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 1);
         let row: Vec<&str> = rows[0].iter().collect();
-        assert_eq!(row, [path, "", "0.5", "-0.25", ""]);
+        assert_eq!(
+            row,
+            [
+                path,
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "0.5",
+                "-0.25",
+                "",
+                "no face found"
+            ]
+        );
     }
 }
