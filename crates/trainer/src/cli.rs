@@ -69,7 +69,9 @@ pub struct TrainCmd {
     /// Run folder to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run in --out from its last checkpoint, exactly where it stopped.
+    /// Continue the run in --out from its last checkpoint, exactly where it stopped; with no
+    /// checkpoint there (no folder, an empty one, or a run killed before its first checkpoint),
+    /// start the run afresh. A folder holding other files is refused.
     #[arg(long)]
     pub resume: bool,
     #[arg(long, value_enum, default_value = "cpu")]
@@ -194,7 +196,9 @@ fn run_train(t: TrainCmd) -> Result<()> {
             c.apply(&overrides)?;
             Some(c)
         }
-        None if t.resume => None,
+        // The checkpoint's own config; without a checkpoint `--resume` starts the run this
+        // command line would start without it.
+        None if t.resume && t.out.join(train::LAST).is_file() => None,
         None => {
             let mut c = TrainConfig::default_cpu();
             c.apply(&overrides)?;

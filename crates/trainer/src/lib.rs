@@ -38,7 +38,9 @@ pub mod plan;
 pub mod plots;
 pub mod predict;
 pub mod report;
+pub mod run_folder;
 pub mod schedule;
+pub mod soak;
 pub mod state;
 pub mod train;
 

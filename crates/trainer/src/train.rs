@@ -20,11 +20,12 @@ use crate::evaluate::{evaluate, Evaluation, Tta};
 use crate::init::SeededVarMap;
 use crate::optim::Optimizer;
 use crate::plan::{resolve, Labels, StagePlan};
+use crate::run_folder::{self, Contents, RunLock};
 use crate::schedule::WarmupCosine;
 use crate::state::{keys, EpochRecord, TrainState};
 use crate::{Error, Result};
 
-pub const LAST: &str = "last.safetensors";
+pub const LAST: &str = run_folder::LAST;
 pub const BEST: &str = "best.safetensors";
 const OPTIM_PREFIX: &str = "train.";
 
@@ -60,6 +61,8 @@ pub struct Finished {
     /// The final model on test, evaluated once after training; `None` without a test split.
     pub test_eval: Option<SplitEval>,
     pub val: Arc<Dataset>,
+    /// Held until the report is written, so no second trainer writes the folder meanwhile.
+    pub lock: RunLock,
 }
 
 /// One split's evaluation, single crop and with flip test-time augmentation.
@@ -121,16 +124,10 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     } else {
         None
     };
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let (lock, resuming) = open_run_folder(&args.out, args.resume)?;
     let last = args.out.join(LAST);
 
-    let (cfg, state, resume_ck) = if args.resume {
-        if !last.is_file() {
-            return Err(Error::Checkpoint(format!(
-                "{}: nothing to resume (no checkpoint in the run folder)",
-                last.display()
-            )));
-        }
+    let (cfg, state, resume_ck) = if resuming {
         let ck = checkpoint::load(&last, &args.device)?;
         let stored = ck.meta.get(keys::CONFIG).ok_or_else(|| {
             Error::Checkpoint(format!("{}: no training config stored", last.display()))
@@ -146,14 +143,11 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
             .map_err(|e| {
                 Error::Checkpoint(format!("{}: bad training state: {e}", last.display()))
             })?;
+        // A kill between the history and the checkpoint leaves the log an epoch ahead: from
+        // here on it shows what the checkpoint holds, the epoch to be redone is logged again.
+        write_history(&args.out, &state.history)?;
         (cfg, state, Some(ck))
     } else {
-        if last.exists() {
-            return Err(Error::Checkpoint(format!(
-                "{} already holds a run: pass --resume to continue it or choose another --out",
-                args.out.display()
-            )));
-        }
         let cfg = args.config.clone().unwrap_or_else(TrainConfig::default_cpu);
         (cfg, TrainState::default(), None)
     };
@@ -217,7 +211,8 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
             );
         }
         let toml = cfg.to_toml()?;
-        fer_data::atomic::write_atomic(&args.out.join("config.toml"), toml.as_bytes())?;
+        fer_data::atomic::write_atomic(&args.out.join(run_folder::CONFIG), toml.as_bytes())
+            .map_err(|e| write_failed(&args.out, e.into()))?;
     }
 
     let mut ctx = Ctx {
@@ -262,7 +257,78 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         val_eval,
         test_eval,
         val: ctx.val,
+        lock,
     })))
+}
+
+/// Checks `out` and takes its lock; `true` when there is a checkpoint to resume from. Leftovers
+/// of a run killed before its first checkpoint are removed (a resume then starts afresh), and
+/// so are the temp files of writes a kill cut short; files that are not a run's are never
+/// touched, and a resume into a folder holding any is refused.
+fn open_run_folder(out: &Path, resume: bool) -> Result<(RunLock, bool)> {
+    // Looked at before the lock is created, so a refused folder gets no file of ours; again
+    // with the lock held, since another trainer may have written it meanwhile.
+    refuse(out, &run_folder::inspect(out)?, resume)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let lock = run_folder::lock(out)?;
+    let contents = run_folder::inspect(out)?;
+    refuse(out, &contents, resume)?;
+    let resuming = resume && matches!(contents, Contents::Checkpointed);
+    if resume && !resuming {
+        eprintln!("no checkpoint in {}: starting a new run", out.display());
+    }
+    if let Contents::Leftovers(paths) = &contents {
+        if !paths.is_empty() {
+            let names: Vec<String> = paths
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            eprintln!(
+                "removing what a run killed before its first checkpoint left in {}: {}",
+                out.display(),
+                names.join(", ")
+            );
+            run_folder::remove(paths)?;
+        }
+    }
+    run_folder::remove(&run_folder::stale_temps(out)?)?;
+    Ok((lock, resuming))
+}
+
+fn refuse(out: &Path, contents: &Contents, resume: bool) -> Result<()> {
+    match contents {
+        Contents::Foreign(why) if resume => Err(Error::Checkpoint(format!(
+            "{} is not a run folder: {why}. --resume continues a run, or starts one in an empty \
+             folder or one a run was killed in before its first checkpoint; choose another --out",
+            out.display()
+        ))),
+        Contents::Checkpointed if !resume => Err(Error::Checkpoint(format!(
+            "{} already holds a run: pass --resume to continue it or choose another --out",
+            out.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A failed write of the run folder (a full disk, a folder made read-only) says what survived
+/// it: atomic writes leave every earlier file, the last checkpoint included, as it was.
+fn write_failed(out: &Path, e: Error) -> Error {
+    let last = out.join(LAST);
+    let what_next = if last.is_file() {
+        format!(
+            "the last checkpoint, {}, is intact: free space or make {} writable, then continue \
+             with --resume",
+            last.display(),
+            out.display()
+        )
+    } else {
+        format!(
+            "nothing was checkpointed yet: free space or make {} writable, then start again",
+            out.display()
+        )
+    };
+    Error::Checkpoint(format!("writing the run folder failed: {e}; {what_next}"))
 }
 
 /// A resume with an explicit config must not silently train another model.
@@ -362,6 +428,14 @@ fn run_stages(
             let stats = train_epoch(
                 ctx, plan, &loader, &mut opt, &sched, base_lr, &mut state, args,
             )?;
+            if !std::io::stderr().is_terminal() {
+                eprintln!(
+                    "{} epoch {}: evaluating on val ({} faces)",
+                    plan.name,
+                    state.epoch + 1,
+                    ctx.val.len()
+                );
+            }
             let ev = evaluate(
                 &ctx.model,
                 ctx.val.clone(),
@@ -536,10 +610,8 @@ fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
         s.push_str(&serde_json::to_string(r).map_err(|e| Error::Config(e.to_string()))?);
         s.push('\n');
     }
-    Ok(fer_data::atomic::write_atomic(
-        &out.join("metrics.jsonl"),
-        s.as_bytes(),
-    )?)
+    fer_data::atomic::write_atomic(&out.join(run_folder::HISTORY), s.as_bytes())
+        .map_err(|e| write_failed(out, e.into()))
 }
 
 fn save(
@@ -568,8 +640,8 @@ fn save(
     meta.insert(keys::CLASS_NAMES.into(), json(&ctx.manifest.class_names)?);
     let names: Vec<&str> = ctx.stages.iter().map(|s| s.name).collect();
     meta.insert(keys::STAGES.into(), json(&names)?);
-    checkpoint::save(path, &ctx.varmap, &ctx.cfg.model, optim, &meta)?;
-    Ok(())
+    checkpoint::save(path, &ctx.varmap, &ctx.cfg.model, optim, &meta)
+        .map_err(|e| write_failed(&ctx.out, e.into()))
 }
 
 mod erased {

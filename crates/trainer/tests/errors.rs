@@ -55,15 +55,19 @@ fn bad_paths_name_the_path() {
     ]));
     assert!(e.contains("junk.safetensors"), "{e}");
 
+    // A folder of other files is no run to resume (an empty or missing one starts a run).
     let e = err(&trainer(&[
         "train",
         "--data",
         data.to_str().unwrap(),
         "--out",
-        out.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
         "--resume",
     ]));
-    assert!(e.contains("nothing to resume"), "{e}");
+    assert!(
+        e.contains("is not a run folder") && e.contains("junk.safetensors"),
+        "{e}"
+    );
 
     let bad_cfg = dir.path().join("bad.toml");
     std::fs::write(&bad_cfg, "[stage1]\nepochs = 0\n").unwrap();
