@@ -114,7 +114,7 @@ pub fn run(args: BenchPredictArgs) -> anyhow::Result<()> {
             back = Some(det);
         }
     }
-    let det = back.expect("the back model ran");
+    let det = trainer::photos::LazyDetector::loaded(back.expect("the back model ran"));
     for (label, toml) in [
         ("fer2013-cpu model", trainer::config::FER2013_CPU_TOML),
         ("default-cpu model", trainer::config::DEFAULT_CPU_TOML),

@@ -399,7 +399,7 @@ fn run_predict(p: PredictCmd) -> Result<()> {
             p.min_face_score
         )));
     }
-    let detector = crate::photos::load_detector(p.detect, user_box.is_some(), Some(&p.detector))?;
+    let detector = crate::photos::detector_for(p.detect, user_box.is_some(), Some(&p.detector))?;
     let images = predict::collect_images(&p.paths)?;
     // Fail on a bad --out or an unwritable folder before the work.
     predict::format_predictions(&[], p.out.as_deref(), &spec.classes)?;

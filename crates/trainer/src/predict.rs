@@ -10,14 +10,14 @@ use fast_image_resize::Resizer;
 use fer_data::crop::FaceBox;
 use fer_data::decode;
 use fer_data::loader::normalize_images;
-use fer_detect::{DetectOptions, Detector};
+use fer_detect::DetectOptions;
 use fer_model::checkpoint::Checkpoint;
 use fer_model::TwoAttTwoMt;
 use serde::Serialize;
 
 use crate::annotate;
 use crate::evaluate::{mirror, Tta};
-use crate::photos::{self, DetectMode, Photo};
+use crate::photos::{self, DetectMode, LazyDetector, Photo};
 use crate::plots::{self, AttentionFace};
 use crate::state::keys;
 use crate::{Error, Result};
@@ -160,7 +160,7 @@ pub struct PredictOptions<'a> {
     /// One box for every image (pixels); the detector is not used.
     pub user_box: Option<FaceBox>,
     pub detect: DetectMode,
-    pub detector: Option<&'a Detector>,
+    pub detector: Option<&'a LazyDetector>,
     pub detect_options: DetectOptions,
     /// Attention heat maps of every face, one PNG per face.
     pub heatmaps: Option<&'a Path>,
