@@ -13,6 +13,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use fer_attention::{PositionAttention, PositionAttentionConfig};
+use fer_test_support::median;
 
 const MAPS: [(&str, usize, usize); 4] = [
     ("layer1", 64, 28),
@@ -21,11 +22,6 @@ const MAPS: [(&str, usize, usize); 4] = [
     ("layer4", 512, 4),
 ];
 const BATCH: usize = 32;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Median milliseconds of `step` over `steps` calls after two untimed ones.
 fn time(steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -41,6 +37,9 @@ fn time(steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    // The tests' `poison` feature reaches this build through the dev-dependencies; the
+    // benchmark measures production kernels, which leave fresh outputs unfilled.
+    fer_kernels::set_poison(false);
     let args: Vec<String> = std::env::args().collect();
     let steps = args
         .iter()

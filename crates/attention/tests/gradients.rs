@@ -1,12 +1,10 @@
 //! Finite-difference gradient checks (f64 central differences) and the "every weight learns"
 //! check, on freshly initialised blocks.
 
-mod common;
-
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::{finite_difference_error, weights_without_gradient};
 use fer_attention::{GlobalPool, LayerSelfAttention, PositionAttention, PositionAttentionConfig};
+use fer_test_support::{finite_difference_error, weights_without_gradient};
 
 const CFG: PositionAttentionConfig = PositionAttentionConfig { d: 5, a: 3 };
 

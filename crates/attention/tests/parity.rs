@@ -3,12 +3,16 @@
 //! Error measure: `max|rust - torch| / max(max|torch|, 1e-6)` per tensor, against float64
 //! PyTorch values; the Rust block runs in f32 (tolerance 1e-5) and in f64 (tolerance 1e-10).
 
-mod common;
+use std::path::Path;
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use common::{check_parity, Fixture};
 use fer_attention::{GlobalPool, LayerSelfAttention, PositionAttention, PositionAttentionConfig};
+use fer_test_support::{check_parity, Fixture};
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+}
 
 const PRECISIONS: [(DType, f64); 2] = [(DType::F32, 1e-5), (DType::F64, 1e-10)];
 
@@ -38,7 +42,7 @@ fn position_attention_matches_pytorch() {
     for (dtype, tol) in PRECISIONS {
         // B=2 on a 3x5 map; B=1 on a 2x1 map; a single position (alpha must be exactly 1).
         for case in ["position_b2", "position_b1", "position_1x1"] {
-            check_parity(case, dtype, tol, position);
+            check_parity(fixtures(), case, dtype, tol, position);
         }
     }
 }
@@ -46,7 +50,7 @@ fn position_attention_matches_pytorch() {
 #[test]
 fn global_pool_matches_pytorch() {
     for (dtype, tol) in PRECISIONS {
-        check_parity("globalpool_b2", dtype, tol, global_pool);
+        check_parity(fixtures(), "globalpool_b2", dtype, tol, global_pool);
     }
 }
 
@@ -54,7 +58,7 @@ fn global_pool_matches_pytorch() {
 fn layer_self_attention_matches_pytorch() {
     for (dtype, tol) in PRECISIONS {
         for case in ["layer_b2_l3", "layer_b1_l1", "layer_b2_l5"] {
-            check_parity(case, dtype, tol, layer);
+            check_parity(fixtures(), case, dtype, tol, layer);
         }
     }
 }

@@ -1,12 +1,10 @@
 //! Finite-difference gradient checks (f64 central differences) and the "every weight learns"
 //! check, on freshly initialised LSTMs and GRUs.
 
-mod common;
-
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::{finite_difference_error, weights_without_gradient};
 use fer_birnn::{BiRnn, BiRnnConfig, RnnKind};
+use fer_test_support::{finite_difference_error, weights_without_gradient};
 
 /// `sum(out * p)` with a fixed, non-symmetric probe.
 fn loss(kind: RnnKind) -> impl Fn(VarBuilder, &Tensor) -> Result<Tensor> {

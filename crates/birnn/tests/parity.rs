@@ -4,12 +4,16 @@
 //! Error measure: `max|rust - torch| / max(max|torch|, 1e-6)` per tensor, against float64
 //! PyTorch values; the Rust RNN runs in f32 (tolerance 1e-5) and in f64 (tolerance 1e-10).
 
-mod common;
+use std::path::Path;
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use common::{check_parity, Fixture};
 use fer_birnn::{BiRnn, BiRnnConfig, RnnKind};
+use fer_test_support::{check_parity, Fixture};
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+}
 
 const PRECISIONS: [(DType, f64); 2] = [(DType::F32, 1e-5), (DType::F64, 1e-10)];
 
@@ -30,7 +34,13 @@ const CASES: [&str; 4] = ["b2_l3", "b1_l1", "b1_l3", "b2_l6"];
 fn bilstm_matches_pytorch() {
     for (dtype, tol) in PRECISIONS {
         for case in CASES {
-            check_parity(&format!("lstm_{case}"), dtype, tol, birnn(RnnKind::Lstm));
+            check_parity(
+                fixtures(),
+                &format!("lstm_{case}"),
+                dtype,
+                tol,
+                birnn(RnnKind::Lstm),
+            );
         }
     }
 }
@@ -39,7 +49,13 @@ fn bilstm_matches_pytorch() {
 fn bigru_matches_pytorch() {
     for (dtype, tol) in PRECISIONS {
         for case in CASES {
-            check_parity(&format!("gru_{case}"), dtype, tol, birnn(RnnKind::Gru));
+            check_parity(
+                fixtures(),
+                &format!("gru_{case}"),
+                dtype,
+                tol,
+                birnn(RnnKind::Gru),
+            );
         }
     }
 }

@@ -4,23 +4,13 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use fer_birnn::{BiRnn, BiRnnConfig, RnnKind};
+use fer_test_support::max_abs_diff;
 
 const KINDS: [RnnKind; 2] = [RnnKind::Lstm, RnnKind::Gru];
 
 fn build(kind: RnnKind, varmap: &VarMap) -> BiRnn {
     let vb = VarBuilder::from_varmap(varmap, DType::F64, &Device::Cpu);
     BiRnn::new(3, &BiRnnConfig { kind, hidden: 4 }, vb).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

@@ -261,12 +261,13 @@ fn with_grads(
 /// Every case of [`CASES`] on `dev` against the CPU: one row per output and gradient.
 /// Every kernel output is poisoned (NaN) first, so unwritten elements fail.
 pub fn compare_devices(dev: &Device) -> Result<Vec<CheckRow>> {
-    crate::out::set_poison(true);
+    // Restored afterwards: a test build runs poisoned throughout (the `poison` feature).
+    let was = crate::out::set_poison(true);
     let rows = CASES
         .iter()
         .map(|case| compare_case(case, case.run, dev))
         .collect::<Result<Vec<_>>>();
-    crate::out::set_poison(false);
+    crate::out::set_poison(was);
     rows.map(|r| r.concat())
 }
 

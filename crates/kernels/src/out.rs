@@ -3,16 +3,19 @@
 //! A zero-filled `vec![0.0; n]` costs a memset on the calling thread before any parallel work
 //! starts; at 48 px those memsets were ~6 % of a training step. Kernels whose every output
 //! element is written before it is read take their buffers from [`uninit`] instead. With
-//! [`set_poison`] on (tests, device checks) the buffers are filled with NaN, so an element a
-//! kernel fails to write shows up in any comparison instead of passing as leftover memory.
+//! poisoning on the buffers are filled with NaN, so an element a kernel fails to write shows up
+//! in any comparison instead of passing as leftover memory. It starts on with the `poison`
+//! feature (the kernel and model tests enable it through their dev-dependencies) and off
+//! otherwise; [`set_poison`] switches it at run time (the device check turns it on).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-static POISON: AtomicBool = AtomicBool::new(false);
+static POISON: AtomicBool = AtomicBool::new(cfg!(feature = "poison"));
 
-/// NaN-fill every fresh kernel output, on the CPU and (with the `cuda` feature) on CUDA.
-pub fn set_poison(on: bool) {
-    POISON.store(on, Ordering::Relaxed);
+/// NaN-fill every fresh kernel output, on the CPU and (with the `cuda` feature) on CUDA, and
+/// return whether it was on before (for restoring it).
+pub fn set_poison(on: bool) -> bool {
+    POISON.swap(on, Ordering::Relaxed)
 }
 
 /// Whether fresh kernel outputs are to be NaN-filled (the CPU buffers here, CUDA's in `cuda`).
@@ -32,4 +35,16 @@ pub(crate) fn uninit(n: usize) -> Vec<f32> {
     // (the poisoned test runs check that), and f32 has no invalid bit patterns.
     unsafe { v.set_len(n) };
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_builds_start_poisoned_and_poisoned_buffers_are_nan() {
+        // The crate's dev-dependency on itself turns the `poison` feature on for its tests.
+        assert!(poisoned());
+        assert!(uninit(5).iter().all(|x| x.is_nan()));
+    }
 }

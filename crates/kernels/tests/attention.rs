@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 mod common;
 use common::{max_abs, uniform, values};
+use fer_test_support::check_central_differences;
 
 /// Reference: candle's ops, written here independently of the crate's own fallback.
 fn reference(p: &Tensor, w: &Tensor, b: &Tensor, v: &Tensor) -> (Tensor, Tensor, Tensor) {
@@ -178,7 +179,7 @@ fn gradients_match_finite_differences() {
         values(&uniform(&mut rng, &[b, d], -1.0, 1.0)),
         values(&uniform(&mut rng, &[b, n], -1.0, 1.0)),
     ];
-    let tensors = |xs: &[Vec<f32>; 4]| -> Vec<Tensor> {
+    let tensors = |xs: &[Vec<f32>]| -> Vec<Tensor> {
         xs.iter()
             .zip(shapes)
             .map(|(x, s)| Tensor::from_slice(x, s, &Device::Cpu).unwrap())
@@ -210,21 +211,13 @@ fn gradients_match_finite_differences() {
         l = (l + (*o * r).unwrap().sum_all().unwrap()).unwrap();
     }
     let grads = l.backward().unwrap();
-    let eps = 1e-2f32;
-    for (k, var) in vars.iter().enumerate() {
-        let grad = values(grads.get(var).unwrap());
-        for i in 0..init[k].len() {
-            let (mut plus, mut minus) = (init.clone(), init.clone());
-            plus[k][i] += eps;
-            minus[k][i] -= eps;
-            let fd = (loss(&tensors(&plus)) - loss(&tensors(&minus))) / (2.0 * eps as f64);
-            assert!(
-                (fd - grad[i] as f64).abs() < 2e-3,
-                "input {k} index {i}: fd {fd} vs {}",
-                grad[i]
-            );
-        }
-    }
+    let grads: Vec<Vec<f32>> = vars
+        .iter()
+        .map(|var| values(grads.get(var).unwrap()))
+        .collect();
+    check_central_differences("position_attention", &init, &grads, 1e-2, 2e-3, |xs| {
+        loss(&tensors(xs))
+    });
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! `fer_kernels::batch_norm_train` against the same function written with candle's generic ops
 //! (values, statistics, autograd gradients) and against finite differences.
 //!
-//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
-//! not write is NaN and fails the comparison, instead of passing as recycled memory.
+//! The tests run with fresh kernel outputs poisoned (fer-kernels' `poison` feature, on in this
+//! crate's dev-dependencies): an element a kernel does not write is NaN and fails the
+//! comparison, instead of passing as recycled memory.
 
 use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
@@ -10,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 mod common;
 use common::{max_abs, uniform, values};
+use fer_test_support::check_central_differences;
 
 fn rand(rng: &mut ChaCha8Rng, dims: &[usize], lo: f32, hi: f32) -> Tensor {
     uniform(rng, dims, lo, hi)
@@ -42,7 +44,6 @@ const SHAPES: &[[usize; 4]] = &[
 
 #[test]
 fn matches_generic_ops_in_values_statistics_and_gradients() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for relu in [false, true] {
         for &[b, c, h, w] in SHAPES {
@@ -84,7 +85,6 @@ fn matches_generic_ops_in_values_statistics_and_gradients() {
 
 #[test]
 fn input_gradient_matches_finite_differences() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (b, c, h, w) = (3, 2, 3, 4);
     let x0: Vec<f32> = values(&rand(&mut rng, &[b, c, h, w], -1.0, 1.0));
@@ -110,25 +110,15 @@ fn input_gradient_matches_finite_differences() {
             .get(&x)
             .unwrap(),
     );
-    let eps = 1e-2f32;
-    for i in 0..x0.len() {
-        let (mut p, mut m) = (x0.clone(), x0.clone());
-        p[i] += eps;
-        m[i] -= eps;
-        let fd = (f(&p) - f(&m)) / (2.0 * eps as f64);
-        assert!(
-            (fd - grad[i] as f64).abs() < 5e-3,
-            "index {i}: fd {fd} vs {}",
-            grad[i]
-        );
-    }
+    check_central_differences("batch_norm_train", &[x0], &[grad], 1e-2, 5e-3, |xs| {
+        f(&xs[0])
+    });
 }
 
 /// A NaN in one channel makes that channel's statistics and outputs NaN, with or without the
 /// fused ReLU (which must not turn it into 0 and hide it), and leaves the other channels alone.
 #[test]
 fn nan_stays_in_its_channel_and_survives_the_relu() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let mut x = values(&rand(&mut rng, &[2, 3, 4, 4], -1.0, 1.0));
     x[5] = f32::NAN; // image 0, channel 0

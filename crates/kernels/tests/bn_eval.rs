@@ -1,15 +1,17 @@
 //! `fer_kernels::batch_norm_eval` against the same formula in f64 with candle's own ops
 //! (values and autograd gradients), with and without the ReLU.
 //!
-//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
-//! not write is NaN and fails the comparison, instead of passing as recycled memory.
+//! The tests run with fresh kernel outputs poisoned (fer-kernels' `poison` feature, on in this
+//! crate's dev-dependencies): an element a kernel does not write is NaN and fails the
+//! comparison, instead of passing as recycled memory.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{assert_close, f64_var, uniform, values};
+use common::{f64_var, uniform, values, TOL};
+use fer_test_support::assert_close;
 
 /// `relu?((x - mean) / sqrt(var + eps) * gamma + beta)` in candle ops, statistics constant.
 fn reference(
@@ -40,7 +42,6 @@ fn reference(
 
 #[test]
 fn matches_candle_ops_in_f64() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     for &[b, c, h, w] in &[[2, 3, 5, 7], [1, 4, 1, 1], [3, 6, 4, 4]] {
         for relu in [false, true] {
@@ -69,14 +70,19 @@ fn matches_candle_ops_in_f64() {
                 .backward()
                 .unwrap();
             let case = format!("{b}x{c}x{h}x{w} relu {relu}");
-            assert_close(&format!("{case} y"), &y, &want);
+            assert_close(&format!("{case} y"), &y, &want, TOL);
             for (name, ours, theirs) in [
                 ("dx", x.as_tensor(), x64.as_tensor()),
                 ("dgamma", g.as_tensor(), g64.as_tensor()),
                 ("dbeta", be.as_tensor(), b64.as_tensor()),
             ] {
                 let got = grads.get(ours).unwrap();
-                assert_close(&format!("{case} {name}"), got, wgrads.get(theirs).unwrap());
+                assert_close(
+                    &format!("{case} {name}"),
+                    got,
+                    wgrads.get(theirs).unwrap(),
+                    TOL,
+                );
             }
         }
     }
@@ -84,7 +90,6 @@ fn matches_candle_ops_in_f64() {
 
 #[test]
 fn nan_survives_the_relu_and_bad_shapes_are_errors() {
-    fer_kernels::set_poison(true);
     let dev = Device::Cpu;
     let x = Tensor::new(&[[[[f32::NAN, -1.0]]]], &dev).unwrap(); // [1, 1, 1, 2]
     let one = Tensor::ones(1, DType::F32, &dev).unwrap();

@@ -1,23 +1,24 @@
 //! `fer_kernels::conv2d` against candle's own conv2d (forward and autograd gradients) and
 //! against finite differences.
 //!
-//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
-//! not write is NaN and fails the comparison, instead of passing as recycled memory.
+//! The tests run with fresh kernel outputs poisoned (fer-kernels' `poison` feature, on in this
+//! crate's dev-dependencies): an element a kernel does not write is NaN and fails the
+//! comparison, instead of passing as recycled memory.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{max_abs, max_abs_diff, uniform, values};
+use common::{max_abs, uniform, values};
+use fer_test_support::{assert_close, Tolerance};
 
 fn randn(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
     uniform(rng, dims, -1.0, 1.0)
 }
 
-fn scale(t: &Tensor) -> f32 {
-    max_abs(t).max(1.0)
-}
+/// Within 1e-5 of the reference's largest magnitude, at least 1.
+const TOL: Tolerance = Tolerance::rel(1e-5).floor(1.0);
 
 /// (batch, c_in, h, w, c_out, k, stride, padding)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -38,7 +39,6 @@ const CASES: &[Case] = &[
 
 #[test]
 fn forward_and_gradients_match_candle() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for &(b, c, h, w, o, k, s, p) in CASES {
         let x = Var::from_tensor(&randn(&mut rng, &[b, c, h, w])).unwrap();
@@ -51,10 +51,7 @@ fn forward_and_gradients_match_candle() {
         let ours = fer_kernels::conv2d(&x, &wt, s, p).unwrap();
         let theirs = x.conv2d(&wt, p, s, 1, 1).unwrap();
         let what = format!("b{b} c{c} {h}x{w} o{o} k{k} s{s} p{p}");
-        assert!(
-            max_abs_diff(&ours, &theirs) <= 1e-5 * scale(&theirs),
-            "forward {what}"
-        );
+        assert_close(&format!("forward {what}"), &ours, &theirs, TOL);
 
         let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g_theirs = (theirs * &r)
@@ -66,7 +63,7 @@ fn forward_and_gradients_match_candle() {
         for (name, v) in [("dx", &x), ("dw", &wt)] {
             let a = g_ours.get(v).unwrap();
             let e = g_theirs.get(v).unwrap();
-            assert!(max_abs_diff(a, e) <= 1e-5 * scale(e), "{name} {what}");
+            assert_close(&format!("{name} {what}"), a, e, TOL);
         }
     }
 }
@@ -77,7 +74,6 @@ fn forward_and_gradients_match_candle() {
 /// wrong width there (6 instead of 5).
 #[test]
 fn gradients_match_finite_differences() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for &(b, c, h, w, o, k, s, p) in &[
         (2, 3, 6, 5, 4, 3, 2, 1),
@@ -140,7 +136,6 @@ fn gradients_match_finite_differences() {
 /// the weight's gradient is the same as when the input is a variable.
 #[test]
 fn untracked_input_gets_no_gradient() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let x = randn(&mut rng, &[2, 3, 9, 9]);
     let wt = Var::from_tensor(&randn(&mut rng, &[4, 3, 7, 7])).unwrap();
@@ -164,7 +159,6 @@ fn untracked_input_gets_no_gradient() {
 
 #[test]
 fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let x = randn(&mut rng, &[2, 3, 5, 5]);
     let w = randn(&mut rng, &[4, 3, 3, 3]);
@@ -173,7 +167,7 @@ fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
     assert!(!fer_kernels::enabled());
     let plain = fer_kernels::conv2d(&x, &w, 1, 1).unwrap();
     fer_kernels::set_enabled(true);
-    assert!(max_abs_diff(&fast, &plain) <= 1e-5 * scale(&plain));
+    assert_close("fused against candle", &fast, &plain, TOL);
     let bad = randn(&mut rng, &[4, 2, 3, 3]);
     let err = fer_kernels::conv2d(&x, &bad, 1, 1).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
@@ -181,7 +175,6 @@ fn switch_falls_back_to_candle_and_rejects_bad_shapes() {
 
 #[test]
 fn an_empty_batch_gives_an_empty_output_and_gradients() {
-    fer_kernels::set_poison(true);
     let x =
         Var::from_tensor(&Tensor::zeros((0, 3, 5, 5), DType::F32, &Device::Cpu).unwrap()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(2);

@@ -2,8 +2,9 @@
 //! `batch_norm_train`, each tested on its own against candle and finite differences), and by
 //! finite differences.
 //!
-//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
-//! not write is NaN and fails the comparison, instead of passing as recycled memory.
+//! The tests run with fresh kernel outputs poisoned (fer-kernels' `poison` feature, on in this
+//! crate's dev-dependencies): an element a kernel does not write is NaN and fails the
+//! comparison, instead of passing as recycled memory.
 
 use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
@@ -36,7 +37,6 @@ fn same_gradients(case: &str, fused: &Tensor, apart: &Tensor, r: &Tensor, vars: 
 
 #[test]
 fn matches_conv_then_batch_norm() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(21);
     // (b, c, h, w, o, k, stride, pad, relu): odd sizes, strides 1 and 2, batch 1, the stem.
     for &(b, c, h, w, o, k, s, p, relu) in &[
@@ -68,7 +68,6 @@ fn matches_conv_then_batch_norm() {
 
 #[test]
 fn gradients_match_finite_differences_and_skip_an_untracked_input() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let x0 = uniform(&mut rng, &[2, 2, 7, 7], -1.0, 1.0);
     let w0 = uniform(&mut rng, &[3, 2, 3, 3], -0.5, 0.5);
@@ -131,7 +130,6 @@ fn gradients_match_finite_differences_and_skip_an_untracked_input() {
 
 #[test]
 fn pooled_stem_matches_conv_bn_then_max_pool() {
-    fer_kernels::set_poison(true);
     let mut rng = ChaCha8Rng::seed_from_u64(33);
     for &(b, c, h, w, o, k, s, p) in &[
         (2, 3, 15, 15, 4, 7, 2, 3),

@@ -6,7 +6,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{assert_close, f64_var, uniform, values};
+use common::{f64_var, uniform, values, TOL};
+use fer_test_support::assert_close;
 
 /// `p[b, n, :] = w f[b, :, n] + bias` in f64 through candle's generic ops.
 fn reference(f: &Tensor, w: &Tensor, bias: &Tensor) -> Tensor {
@@ -54,14 +55,19 @@ fn output_and_gradients_match_candle_ops_in_f64() {
             .unwrap();
 
         let case = format!("{b}x{c}x{h}x{w} -> {d}");
-        assert_close(&format!("{case} p"), &p, &want);
+        assert_close(&format!("{case} p"), &p, &want, TOL);
         for (name, ours, theirs) in [
             ("df", f.as_tensor(), f64f.as_tensor()),
             ("dw", wt.as_tensor(), f64w.as_tensor()),
             ("dbias", bias.as_tensor(), f64b.as_tensor()),
         ] {
             let g = grads.get(ours).unwrap();
-            assert_close(&format!("{case} {name}"), g, wgrads.get(theirs).unwrap());
+            assert_close(
+                &format!("{case} {name}"),
+                g,
+                wgrads.get(theirs).unwrap(),
+                TOL,
+            );
         }
     }
 }

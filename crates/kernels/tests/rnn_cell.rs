@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 
 mod common;
 use common::{max_abs, uniform, values};
+use fer_test_support::check_central_differences;
 
 /// Reference LSTM step (PyTorch's equations, gate order i, f, g, o).
 fn lstm_ref(gx: &Tensor, gh: &Tensor, c: &Tensor) -> Vec<Tensor> {
@@ -154,21 +155,9 @@ fn finite_differences(gates: usize, outs: usize, fused: Step) {
             })
             .sum()
     };
-    let eps = 1e-2f32;
-    for (k, g) in grads.iter().enumerate() {
-        let g = values(g);
-        for i in 0..init[k].len() {
-            let (mut p, mut m) = (init.clone(), init.clone());
-            p[k][i] += eps;
-            m[k][i] -= eps;
-            let fd = (loss(&p) - loss(&m)) / (2.0 * eps as f64);
-            assert!(
-                (fd - g[i] as f64).abs() < 1e-3,
-                "gates {gates} input {k} index {i}: fd {fd} vs {}",
-                g[i]
-            );
-        }
-    }
+    let grads: Vec<Vec<f32>> = grads.iter().map(values).collect();
+    let what = format!("gates {gates}");
+    check_central_differences(&what, &init, &grads, 1e-2, 1e-3, loss);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use fer_losses::{
     ccc, ccc_loss, cross_entropy, inverse_frequency_weights, mse, stage_loss, va_loss, ClassInputs,
     LossConfig, LossError, Stage, VaInputs, CCC_EPS,
 };
+use fer_test_support::{assert_all_near, assert_near};
 use serde_json::Value;
 
 const REL: f64 = 1e-6;
@@ -70,7 +71,7 @@ fn cross_entropy_matches_pytorch_in_f64() {
             case["label_smoothing"].as_f64().unwrap(),
         )
         .unwrap();
-        assert_close(
+        assert_near(
             scalar(&loss),
             case["loss"].as_f64().unwrap(),
             REL,
@@ -79,7 +80,7 @@ fn cross_entropy_matches_pytorch_in_f64() {
         );
         let g = loss.backward().unwrap();
         let want: Vec<f64> = matrix(&case["grad"]).into_iter().flatten().collect();
-        assert_all_close(
+        assert_all_near(
             &grad1(&g, &logits),
             &want,
             REL,
@@ -105,7 +106,7 @@ fn cross_entropy_in_f32_agrees_with_pytorch_to_f32_precision() {
     .unwrap();
     let loss = cross_entropy(&logits32, &targets(&i64s(&case["targets"])), Some(&w), 0.2).unwrap();
     assert_eq!(loss.dtype(), DType::F32);
-    assert_close(
+    assert_near(
         scalar(&loss),
         case["loss"].as_f64().unwrap(),
         1e-5,
@@ -135,7 +136,7 @@ fn cross_entropy_hand_derived_uniform_logits() {
     // nll = ln 4; smooth = sum_k w_k ln4 * 2 rows / (w1 + w3) = 8.5*2/7 ln 4
     let ln4 = 4f64.ln();
     let want = 0.75 * ln4 + 0.25 / 4.0 * (8.5 * 2.0 / 7.0) * ln4;
-    assert_close(scalar(&loss), want, 1e-12, 0.0, "uniform logits");
+    assert_near(scalar(&loss), want, 1e-12, 0.0, "uniform logits");
 }
 
 #[test]
@@ -183,10 +184,10 @@ fn regression_losses_match_pytorch_in_f64() {
             )
             .unwrap();
             let what = format!("{name} {key}");
-            assert_close(scalar(&out), case[key].as_f64().unwrap(), REL, ABS, &what);
+            assert_near(scalar(&out), case[key].as_f64().unwrap(), REL, ABS, &what);
             let g = out.backward().unwrap();
             let want = f64s(&case[format!("{key}_grad")]);
-            assert_all_close(&grad1(&g, &pred), &want, REL, ABS, &format!("{what} grad"));
+            assert_all_near(&grad1(&g, &pred), &want, REL, ABS, &format!("{what} grad"));
         }
     }
 }
@@ -207,7 +208,7 @@ fn regression_losses_accept_f32_with_an_f32_mask() {
     let m = t1(&f64s(&case["mask"])).to_dtype(DType::F32).unwrap();
     let l = ccc_loss(&p, &t, &m).unwrap();
     assert_eq!(l.dtype(), DType::F32);
-    assert_close(
+    assert_near(
         scalar(&l),
         case["ccc_loss"].as_f64().unwrap(),
         1e-5,
@@ -231,7 +232,7 @@ fn ccc_loss_gradient_matches_central_differences() {
         down[i] -= h;
         let fd = (f(&up) - f(&down)) / (2.0 * h);
         // Central differences: truncation O(h^2) ~ 1e-10, round-off ~ 1e-16 / h ~ 1e-11.
-        assert_close(g[i], fd, 1e-6, 1e-9, &format!("d ccc_loss / d p[{i}]"));
+        assert_near(g[i], fd, 1e-6, 1e-9, &format!("d ccc_loss / d p[{i}]"));
     }
     assert_eq!(g[2], 0.0, "a masked sample gets no gradient");
 }
@@ -322,7 +323,7 @@ fn stage_losses_match_pytorch_totals_and_gradients() {
         )
         .unwrap();
         let want = &fx["stages"][key];
-        assert_close(
+        assert_near(
             scalar(&parts.total),
             want["total"].as_f64().unwrap(),
             REL,
@@ -345,7 +346,7 @@ fn stage_losses_match_pytorch_totals_and_gradients() {
                 .get(var)
                 .map(|_| grad1(&g, var))
                 .unwrap_or(vec![0.0; wg.len()]);
-            assert_all_close(&got, &wg, REL, ABS, &format!("{key} {gk}"));
+            assert_all_near(&got, &wg, REL, ABS, &format!("{key} {gk}"));
         }
         // The logged parts recombine into the total.
         let (ce, va, aux) = (
@@ -362,7 +363,7 @@ fn stage_losses_match_pytorch_totals_and_gradients() {
             Stage::VaOnly => va,
             _ => va + lambda * ce + cfg.aux_weight * aux,
         };
-        assert_close(
+        assert_near(
             recombined,
             scalar(&parts.total),
             1e-12,
@@ -372,7 +373,7 @@ fn stage_losses_match_pytorch_totals_and_gradients() {
         assert_eq!(parts.va.is_some(), stage.uses_va());
         assert_eq!(parts.ce.is_some(), stage.uses_classes());
         if stage.uses_va() {
-            assert_close(
+            assert_near(
                 parts.va.unwrap(),
                 fx["va"].as_f64().unwrap(),
                 REL,
@@ -430,7 +431,7 @@ fn inverse_frequency_weights_hand_derived() {
     let w = inverse_frequency_weights(&[10, 0, 30, 60]).unwrap();
     let want = [2.0, 0.0, 2.0 / 3.0, 1.0 / 3.0];
     for (g, e) in w.iter().zip(want) {
-        assert_close(*g as f64, e, 1e-7, 0.0, "weight");
+        assert_near(*g as f64, e, 1e-7, 0.0, "weight");
     }
     assert_eq!(inverse_frequency_weights(&[7, 7, 7]).unwrap(), vec![1.0; 3]);
     assert!(matches!(

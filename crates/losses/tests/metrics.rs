@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use common::*;
 use fer_losses::metrics::{accuracy, argmax_rows, confusion_matrix, macro_f1, regression_metrics};
 use fer_losses::{LossError, Metrics, MetricsAccumulator, Predictions, RegressionMetrics};
+use fer_test_support::{assert_all_near, assert_near};
 use serde_json::Value;
 
 const REL: f64 = 1e-9;
@@ -21,7 +22,7 @@ fn check_reg(got: &RegressionMetrics, want: &Value, what: &str) {
         ("rmse", got.rmse),
         ("sagr", got.sagr),
     ] {
-        assert_close(
+        assert_near(
             g,
             want[key].as_f64().unwrap(),
             REL,
@@ -54,7 +55,7 @@ fn regression_metrics_match_numpy_and_scipy() {
         let one_shot = regression_metrics(&p, &t).unwrap().unwrap();
         check_reg(&one_shot, case, name);
         if let Some(scipy) = case["scipy_pcc"].as_f64() {
-            assert_close(
+            assert_near(
                 one_shot.pcc,
                 scipy,
                 REL,
@@ -106,7 +107,7 @@ fn degenerate_regression_conventions() {
     // A single sample.
     let one = regression_metrics(&[0.4f64], &[-0.3]).unwrap().unwrap();
     assert_eq!((one.ccc, one.pcc, one.sagr), (0.0, 0.0, 0.0));
-    assert_close(one.rmse, 0.7, 1e-15, 0.0, "single rmse");
+    assert_near(one.rmse, 0.7, 1e-15, 0.0, "single rmse");
     // SAGR with sign(0) = 0: 0 agrees only with 0 (and -0.0 is 0 too).
     let s = regression_metrics(&[0.0f64, -0.0, 0.0, 0.5], &[0.0, 0.0, 0.1, -0.5])
         .unwrap()
@@ -123,9 +124,9 @@ fn classification_metrics_match_scikit_learn() {
         let k = case["k"].as_u64().unwrap() as usize;
         let (p, t) = (i64s(&case["pred"]), i64s(&case["truth"]));
         let acc = accuracy(&p, &t, k).unwrap().unwrap();
-        assert_close(acc, case["accuracy"].as_f64().unwrap(), REL, 0.0, name);
+        assert_near(acc, case["accuracy"].as_f64().unwrap(), REL, 0.0, name);
         let f1 = macro_f1(&p, &t, k).unwrap().unwrap();
-        assert_close(
+        assert_near(
             f1,
             case["macro_f1"].as_f64().unwrap(),
             REL,
@@ -156,7 +157,7 @@ fn macro_f1_ignores_classes_absent_from_truth_and_prediction() {
     );
     // Hand-derived: truth [0,1,2,2,3,0,3,2,1,1], pred [0,1,1,2,4,0,2,2,4,1]
     // F1: c0 = 1, c1 = 2*2/(4+1+1) = 2/3, c2 = 2*2/(4+1+1) = 2/3, c3 = 0, c4 = 0 -> 7/3 / 5.
-    assert_close(f1, 7.0 / 15.0, 1e-15, 0.0, "hand-derived macro-F1");
+    assert_near(f1, 7.0 / 15.0, 1e-15, 0.0, "hand-derived macro-F1");
 }
 
 struct Stream {
@@ -212,14 +213,14 @@ fn check_stream_metrics(m: &Metrics, fx: &Value) {
         "arousal",
     );
     let c = &fx["class_metrics"];
-    assert_close(
+    assert_near(
         m.accuracy.unwrap(),
         c["accuracy"].as_f64().unwrap(),
         REL,
         0.0,
         "accuracy",
     );
-    assert_close(
+    assert_near(
         m.macro_f1.unwrap(),
         c["macro_f1"].as_f64().unwrap(),
         REL,
@@ -257,7 +258,7 @@ fn streaming_over_uneven_batches_equals_one_shot_and_the_references() {
         (streamed.valence.unwrap(), vo, "valence"),
         (streamed.arousal.unwrap(), ao, "arousal"),
     ] {
-        assert_all_close(
+        assert_all_near(
             &[got.ccc, got.pcc, got.rmse, got.sagr],
             &[want.ccc, want.pcc, want.rmse, want.sagr],
             REL,

@@ -14,6 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use fer_model::{ModelConfig, TwoAttTwoMt};
+use fer_test_support::{median, peak_rss_kib};
 
 struct Case {
     name: &'static str,
@@ -33,18 +34,6 @@ const CASES: [Case; 2] = [
         batch: 16,
     },
 ];
-
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Times `step` (after `warmup` untimed calls) and returns the median seconds per call.
 fn time_steps(
@@ -103,12 +92,15 @@ fn run(case: &Case, dev: &Device, steps: usize) -> fer_model::Result<()> {
         fwd,
         b / fwd_bwd,
         fwd_bwd,
-        peak_rss_mib().unwrap_or(f64::NAN),
+        peak_rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0),
     );
     Ok(())
 }
 
 fn main() -> fer_model::Result<()> {
+    // The tests' `poison` feature reaches this build through the dev-dependencies; the
+    // benchmark measures production kernels, which leave fresh outputs unfilled.
+    fer_kernels::set_poison(false);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut which = "all".to_string();
     let mut steps = 5usize;

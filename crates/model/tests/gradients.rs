@@ -8,8 +8,9 @@
 //! as a fresh batch, and a variable passes when one of those independent trials reaches it; an op
 //! without a backward never does.
 //!
-//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
-//! not write is NaN and fails the comparison, instead of passing as recycled memory.
+//! The tests run with fresh kernel outputs poisoned (fer-kernels' `poison` feature, on in this
+//! crate's dev-dependencies): an element a kernel does not write is NaN and fails the
+//! comparison, instead of passing as recycled memory.
 
 mod common;
 
@@ -104,7 +105,6 @@ fn check_trials(trials: &[Trial]) {
 
 #[test]
 fn every_fixture_config_trains_every_variable() {
-    fer_kernels::set_poison(true);
     for case in [
         "r18_w0625_lstm_aux",
         "r18_w0625_small_gru_k7",
@@ -126,7 +126,6 @@ fn every_fixture_config_trains_every_variable() {
 
 #[test]
 fn default_config_trains_every_variable() {
-    fer_kernels::set_poison(true);
     // The default sizes (ResNet-18, d 256, LSTM 128), on a small input to stay fast.
     check_all_gradients(&ModelConfig::default(), 2, 64);
 }

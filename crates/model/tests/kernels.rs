@@ -7,8 +7,9 @@
 //! away from f64, while the kernels (lane-wise partial sums, f64 across planes) stay within
 //! 3e-5.
 //!
-//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
-//! not write is NaN and fails the comparison, instead of passing as recycled memory.
+//! The tests run with fresh kernel outputs poisoned (fer-kernels' `poison` feature, on in this
+//! crate's dev-dependencies): an element a kernel does not write is NaN and fails the
+//! comparison, instead of passing as recycled memory.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -89,7 +90,6 @@ fn max_abs(t: &Tensor) -> f32 {
 
 #[test]
 fn fast_kernels_and_candle_ops_agree() {
-    fer_kernels::set_poison(true);
     let mut cfg = ModelConfig::default();
     cfg.backbone.width = 0.125;
     // The loss below reads the main outputs only; the auxiliary head would get no gradient.

@@ -3,8 +3,9 @@
 //! train forward, and the gradients of a few named weights of a fixed scalar. The comparison
 //! itself is `fer_model::parity`, which `trainer gpu-check` runs on a GPU.
 //!
-//! Every test poisons fresh kernel outputs (`fer_kernels::set_poison`): an element a kernel does
-//! not write is NaN and fails the comparison, instead of passing as recycled memory.
+//! The tests run with fresh kernel outputs poisoned (fer-kernels' `poison` feature, on in this
+//! crate's dev-dependencies): an element a kernel does not write is NaN and fails the
+//! comparison, instead of passing as recycled memory.
 
 mod common;
 
@@ -28,56 +29,47 @@ fn run_case(case: &str) {
 
 #[test]
 fn resnet18_lstm_with_aux_head() {
-    fer_kernels::set_poison(true);
     run_case("r18_w0625_lstm_aux");
 }
 
 #[test]
 fn resnet18_small_stem_gru_seven_classes_partial_taps() {
-    fer_kernels::set_poison(true);
     run_case("r18_w0625_small_gru_k7");
 }
 
 #[test]
 fn no_att1_global_pool() {
-    fer_kernels::set_poison(true);
     run_case("r18_w0625_small_s2_no_att1");
 }
 
 #[test]
 fn no_att2_mean_over_layers() {
-    fer_kernels::set_poison(true);
     run_case("r18_w0625_small_s2_no_att2");
 }
 
 #[test]
 fn va_only() {
-    fer_kernels::set_poison(true);
     run_case("r18_w0625_small_s2_va_only");
 }
 
 #[test]
 fn resnet50_bottleneck() {
-    fer_kernels::set_poison(true);
     run_case("r50_w0625_lstm");
 }
 
 #[test]
 fn resnet34_gru_skipping_a_stage() {
-    fer_kernels::set_poison(true);
     run_case("r34_w0625_gru");
 }
 
 #[test]
 fn torchvision_resnet18_module_full_width() {
-    fer_kernels::set_poison(true);
     run_case("r18_torchvision_layer1");
 }
 
 /// Every case `trainer gpu-check` runs has a test here and a file.
 #[test]
 fn every_listed_case_has_a_fixture() {
-    fer_kernels::set_poison(true);
     for case in CASES {
         assert!(
             fixture_path(&format!("{case}.safetensors")).is_file(),
@@ -89,7 +81,6 @@ fn every_listed_case_has_a_fixture() {
 /// A fixture whose numbers are off fails in the rows concerned, not elsewhere.
 #[test]
 fn a_perturbed_reference_is_caught() {
-    fer_kernels::set_poison(true);
     let case = CASES[1];
     let fx =
         fer_model::parity::Fixture::load(fixture_path(&format!("{case}.safetensors"))).unwrap();

@@ -1,4 +1,4 @@
-//! Fixture loading and comparisons shared by the integration tests.
+//! Fixture loading shared by the integration tests (comparisons: `fer-test-support`).
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -27,21 +27,4 @@ pub fn i64s(v: &Value) -> Vec<i64> {
 
 pub fn matrix(v: &Value) -> Vec<Vec<f64>> {
     v.as_array().expect("array").iter().map(f64s).collect()
-}
-
-/// `|got - want| <= rel * |want| + abs`. The absolute floor only absorbs round-off on values
-/// that are 0 in exact arithmetic (e.g. gradients of masked samples).
-pub fn assert_close(got: f64, want: f64, rel: f64, abs: f64, what: &str) {
-    assert!(
-        (got - want).abs() <= rel * want.abs() + abs,
-        "{what}: got {got:e}, want {want:e} (diff {:e})",
-        (got - want).abs()
-    );
-}
-
-pub fn assert_all_close(got: &[f64], want: &[f64], rel: f64, abs: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_close(*g, *w, rel, abs, &format!("{what}[{i}]"));
-    }
 }
