@@ -149,6 +149,15 @@ pub struct Manifest {
     pub skipped: BTreeMap<SkipReason, Vec<SkippedRow>>,
 }
 
+/// The sum of `counts`, `None` past `usize::MAX`.
+fn checked_total(counts: impl IntoIterator<Item = usize>) -> Option<usize> {
+    counts.into_iter().try_fold(0usize, usize::checked_add)
+}
+
+fn shown(total: Option<usize>) -> String {
+    total.map_or_else(|| format!("more than {}", usize::MAX), |t| t.to_string())
+}
+
 impl Manifest {
     /// Reads and checks a manifest.
     pub fn load(path: &Path) -> Result<Manifest> {
@@ -196,24 +205,29 @@ impl Manifest {
                     e.file
                 ));
             }
-            if s.kept + s.skipped != s.rows {
+            // The counts come from the file: checked sums, so a count near usize::MAX is a
+            // mismatch rather than an overflow (a panic, or a wrapped sum that matches).
+            if s.kept.checked_add(s.skipped) != Some(s.rows) {
                 return Err(format!(
                     "split {name}: kept {} + skipped {} != rows {}",
                     s.kept, s.skipped, s.rows
                 ));
             }
-            let in_shards: usize = s.shards.iter().map(|e| e.count).sum();
-            if in_shards != s.kept {
+            let in_shards = checked_total(s.shards.iter().map(|e| e.count));
+            if in_shards != Some(s.kept) {
                 return Err(format!(
-                    "split {name}: shards hold {in_shards}, kept {}",
+                    "split {name}: shards hold {}, kept {}",
+                    shown(in_shards),
                     s.kept
                 ));
             }
-            let classed: usize = s.class_histogram.iter().sum();
-            if classed + s.no_class != s.kept {
+            let classed = checked_total(s.class_histogram.iter().copied());
+            if classed.and_then(|c| c.checked_add(s.no_class)) != Some(s.kept) {
                 return Err(format!(
-                    "split {name}: histogram {classed} + no class {} != kept {}",
-                    s.no_class, s.kept
+                    "split {name}: histogram {} + no class {} != kept {}",
+                    shown(classed),
+                    s.no_class,
+                    s.kept
                 ));
             }
             let listed = self
