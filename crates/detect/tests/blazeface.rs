@@ -8,30 +8,13 @@
 use std::path::{Path, PathBuf};
 
 use fer_detect::{DetectOptions, Detection, Detector};
+use fer_test_support::fetched as asset;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-/// The asset, or `None` (with a note) when it was never fetched and CI does not require it.
-fn asset(rel: &str) -> Option<PathBuf> {
-    let p = root().join("assets").join(rel);
-    if p.is_file() {
-        return Some(p);
-    }
-    let how = "run `cargo xtask fetch-detector` and `cargo xtask fetch-photos`";
-    if std::env::var_os("FER_REQUIRE_ASSETS").is_some() {
-        panic!("{} is missing: {how}", p.display());
-    }
-    eprintln!("skipped: {} is missing ({how})", p.display());
-    None
 }
 
 const MODELS: [(&str, &str); 2] = [

@@ -16,11 +16,13 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod assets;
 mod bench;
 mod close;
 mod fixture;
 mod grad;
 
+pub use assets::fetched;
 pub use bench::{median, peak_rss_kib};
 pub use close::{assert_all_near, assert_close, assert_near, max_abs_diff, rel_err, Tolerance};
 pub use fixture::{check_parity, load_fixture, var_names, varmap_from_fixture, Fixture};

@@ -12,21 +12,7 @@ use std::sync::OnceLock;
 
 use common::{ok, tiny_affectnet, train_tiny, trainer};
 use fer_detect::{DetectOptions, Detector};
-
-fn asset(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets")
-        .join(rel);
-    if p.is_file() {
-        return Some(p);
-    }
-    let how = "run `cargo xtask fetch-detector` and `cargo xtask fetch-photos`";
-    if std::env::var_os("FER_REQUIRE_ASSETS").is_some() {
-        panic!("{} is missing: {how}", p.display());
-    }
-    eprintln!("skipped: {} is missing ({how})", p.display());
-    None
-}
+use fer_test_support::fetched as asset;
 
 /// One tiny trained model for both tests.
 fn checkpoint() -> &'static Path {
