@@ -7,6 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use fer_data::checksum::Checksum;
+use fer_data::manifest::{self, Manifest};
 use fer_data::shard::{list_shards, Shard, ShardData};
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -23,8 +25,12 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Rewrites every shard of `split` with its labels rotated by one sample (a permutation: the
-/// class histogram stays, the pairing of faces and labels does not).
+/// class histogram stays, the pairing of faces and labels does not), and records the rewritten
+/// files' sizes and checksums in the manifest, as prepare-data would: the loader refuses a shard
+/// that differs from what the manifest records.
 fn permute_labels(data: &Path, split: &str) {
+    let manifest_path = data.join(manifest::FILE_NAME);
+    let mut m = Manifest::load(&manifest_path).unwrap();
     for path in list_shards(&data.join(split)).unwrap() {
         let s = Shard::open(&path).unwrap();
         let n = s.len();
@@ -41,7 +47,14 @@ fn permute_labels(data: &Path, split: &str) {
         }
         drop(s);
         out.write(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let shards = &mut m.splits.get_mut(split).unwrap().shards;
+        let entry = shards.iter_mut().find(|e| e.file == name).unwrap();
+        entry.bytes = Some(bytes.len() as u64);
+        entry.checksum = Some(Checksum::of(&bytes));
     }
+    m.save(&manifest_path).unwrap();
 }
 
 fn train(data: &Path, out: &Path) -> String {
