@@ -114,12 +114,7 @@ pub fn check_shard(
         ..ShardStats::default()
     };
     for i in 0..shard.len() {
-        let label = Label {
-            expression: shard.expression[i],
-            valence: shard.valence[i],
-            arousal: shard.arousal[i],
-            source_row: shard.source_row[i],
-        };
+        let label = Label::of(&shard, i);
         let bad = |reason: String| Error::Damaged {
             path: path.clone(),
             reason: format!(

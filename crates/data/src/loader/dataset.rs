@@ -23,6 +23,19 @@ pub struct Label {
 }
 
 impl Label {
+    /// The labels of sample `i` of a shard.
+    ///
+    /// # Panics
+    /// When `i >= shard.len()`.
+    pub fn of(shard: &Shard, i: usize) -> Self {
+        Self {
+            expression: shard.expression[i],
+            valence: shard.valence[i],
+            arousal: shard.arousal[i],
+            source_row: shard.source_row[i],
+        }
+    }
+
     pub fn has_class(&self) -> bool {
         self.expression >= 0
     }
@@ -101,12 +114,7 @@ impl Dataset {
                 Some(_) => {}
             }
             for i in 0..shard.len() {
-                let label = Label {
-                    expression: shard.expression[i],
-                    valence: shard.valence[i],
-                    arousal: shard.arousal[i],
-                    source_row: shard.source_row[i],
-                };
+                let label = Label::of(&shard, i);
                 check_label(&label)
                     .map_err(|reason| invalid(&path, format!("row {i}: {reason}")))?;
                 labels.push(label);
