@@ -147,7 +147,7 @@ fn ensure_toolchain(dir: &Path) -> anyhow::Result<()> {
     build_libcuda_stub(&dir)?;
     check_nvcc(&dir)?;
     fs::remove_dir_all(&wheels).with_context(|| format!("removing {}", wheels.display()))?;
-    write_atomic(&dir.join(STAMP), stamp_text().as_bytes())?;
+    fer_data::atomic::write_atomic(&dir.join(STAMP), stamp_text().as_bytes())?;
     println!(
         "cuda-toolchain: CUDA 13.0 ready in {} ({:.0} MiB, {:.0} s); build with \
          `cargo xtask build-cuda`",
@@ -285,7 +285,7 @@ fn build_libcuda_stub(dir: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|n| format!("void {n}(void) {{}}\n"))
         .collect();
-    write_atomic(&c_file, c.as_bytes())?;
+    fer_data::atomic::write_atomic(&c_file, c.as_bytes())?;
     let so = stubs.join("libcuda.so");
     let tmp = stubs.join("libcuda.so.part");
     let status = Command::new("gcc")
@@ -470,13 +470,6 @@ fn prepend(path: &Path, var: &str) -> OsString {
     std::env::join_paths(parts).expect("paths without ':'")
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("part");
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 fn dir_size(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -527,7 +520,7 @@ mod tests {
         assert!(!is_complete(dir));
         fs::write(dir.join(STAMP), "recipe 0\n").unwrap();
         assert!(!is_complete(dir), "an older recipe is not complete");
-        write_atomic(&dir.join(STAMP), stamp_text().as_bytes()).unwrap();
+        fer_data::atomic::write_atomic(&dir.join(STAMP), stamp_text().as_bytes()).unwrap();
         assert!(is_complete(dir));
     }
 }
