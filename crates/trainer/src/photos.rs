@@ -47,7 +47,8 @@ pub struct Face {
 pub enum Photo {
     Faces {
         path: PathBuf,
-        image: RgbImage,
+        /// The decoded photo, for drawing on; `None` once [`Photo::drop_image`] let it go.
+        image: Option<RgbImage>,
         faces: Vec<Face>,
     },
     /// The detector found no face (a record says so).
@@ -206,9 +207,19 @@ pub fn load(
     };
     Ok(Photo::Faces {
         path: path.to_path_buf(),
-        image,
+        image: Some(image),
         faces,
     })
+}
+
+impl Photo {
+    /// Frees the decoded pixels when nothing will draw on them: a chunk of phone photos would
+    /// otherwise hold hundreds of MiB only to be dropped.
+    pub fn drop_image(&mut self) {
+        if let Photo::Faces { image, .. } = self {
+            *image = None;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ pub fn predict(
     for (chunk_no, chunk) in images.chunks(PHOTOS_PER_CHUNK).enumerate() {
         let mut photos = vec![];
         for path in chunk {
-            photos.push(photos::load(
+            let mut photo = photos::load(
                 path,
                 how.user_box,
                 how.detect,
@@ -264,7 +264,11 @@ pub fn predict(
                 &how.detect_options,
                 spec,
                 &mut resizer,
-            )?);
+            )?;
+            if how.annotate.is_none() {
+                photo.drop_image();
+            }
+            photos.push(photo);
         }
         let crops: Vec<&[u8]> = photos
             .iter()
@@ -371,10 +375,10 @@ pub fn predict(
                     note: None,
                 });
             }
-            if let Some(dir) = how.annotate {
+            if let (Some(dir), Some(image)) = (how.annotate, &image) {
                 annotate::photo(
                     &dir.join(format!("{photo_no:04}-{stem}.png")),
-                    &image,
+                    image,
                     &labels,
                 )?;
             }
