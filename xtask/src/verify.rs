@@ -12,7 +12,6 @@ use fer_data::integrity::{
 };
 use fer_data::manifest::{self, Manifest};
 use fer_data::prepare::SPLITS;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
@@ -64,7 +63,12 @@ pub fn verify(dir: &Path, out: &mut dyn Write, progress: bool) -> anyhow::Result
             })
         })
         .sum();
-    let bar = progress_bar(progress, total);
+    let bar = fer_data::progress::bar(
+        progress,
+        total,
+        "verifying",
+        fer_data::progress::Unit::Bytes,
+    );
     let start = Instant::now();
     let mut shards = 0;
     for name in names {
@@ -116,20 +120,6 @@ pub fn verify(dir: &Path, out: &mut dyn Write, progress: bool) -> anyhow::Result
         }
     }
     Ok(problems)
-}
-
-fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    // A terminal target draws nothing when stderr is not a terminal.
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 #[cfg(test)]

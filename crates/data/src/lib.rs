@@ -22,6 +22,7 @@ pub mod loader;
 pub mod manifest;
 pub mod plain_csv;
 pub mod prepare;
+pub mod progress;
 pub mod synth;
 
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 //! Augmentation against hand-derived cases and against reference outputs of PyTorch, SciPy and
-//! torchvision (`tests/fixtures/augment/make_fixtures.py`).
+//! torchvision (`tests/reference/augment/make_fixtures.py` at the workspace root).
 
 use fer_data::augment::{
     apply, apply_with_fill, color_jitter, hflip, warp, AugmentConfig, AugmentParams, ColorJitter,

@@ -1,6 +1,7 @@
 //! The shared decoder against Pillow's decoding of the same files (fixtures/formats, made by
-//! its make_fixtures.py): every format, EXIF orientation, content over extension, and the
-//! preparation of a folder dataset holding all of them.
+//! tests/reference/formats/make_fixtures.py at the workspace root): every format, EXIF
+//! orientation, content over extension, and the preparation of a folder dataset holding all of
+//! them.
 
 use std::collections::BTreeMap;
 use std::fs;

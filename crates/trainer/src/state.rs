@@ -56,6 +56,39 @@ pub struct TrainState {
     pub train_seconds: f64,
 }
 
+impl TrainState {
+    /// Counts a finished epoch whose validation score is `score`; `true` when it is the stage's
+    /// best so far (the first epoch always is).
+    pub fn end_epoch(&mut self, score: f64) -> bool {
+        self.epoch += 1;
+        let best = self.best_score.is_none_or(|b| score > b);
+        if best {
+            self.best_score = Some(score);
+            self.best_epoch = self.epoch;
+            self.bad_epochs = 0;
+        } else {
+            self.bad_epochs += 1;
+        }
+        best
+    }
+
+    /// Whether early stopping ends the stage now: `patience` epochs without a better score,
+    /// and epochs left of the `epochs` planned (a stage that is over anyway is not "stopped").
+    pub fn out_of_patience(&self, patience: usize, epochs: usize) -> bool {
+        self.bad_epochs >= patience && self.epoch < epochs
+    }
+
+    /// Moves to the next stage of the plan, which starts with no epochs, steps or best score.
+    pub fn next_stage(&mut self) {
+        *self = TrainState {
+            stage_index: self.stage_index + 1,
+            history: std::mem::take(&mut self.history),
+            train_seconds: self.train_seconds,
+            ..TrainState::default()
+        };
+    }
+}
+
 /// Checkpoint metadata keys.
 pub mod keys {
     pub const STATE: &str = "train_state";
@@ -68,4 +101,49 @@ pub mod keys {
     pub const MARGIN: &str = "margin";
     pub const CLASS_NAMES: &str = "class_names";
     pub const STAGES: &str = "stages";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_epoch_and_patience_follow_the_scores() {
+        let mut s = TrainState::default();
+        let best: Vec<bool> = [0.5, 0.4, 0.6, 0.6, 0.55]
+            .into_iter()
+            .map(|score| s.end_epoch(score))
+            .collect();
+        // Ties are not improvements: the earlier epoch stays the best.
+        assert_eq!(best, [true, false, true, false, false]);
+        assert_eq!((s.epoch, s.best_epoch, s.bad_epochs), (5, 3, 2));
+        assert_eq!(s.best_score, Some(0.6));
+        assert!(s.out_of_patience(2, 10));
+        assert!(!s.out_of_patience(3, 10));
+        // The last planned epoch ends the stage by itself.
+        assert!(!s.out_of_patience(2, 5));
+    }
+
+    #[test]
+    fn a_new_stage_keeps_only_the_history_and_the_clock() {
+        let mut s = TrainState {
+            stage_index: 0,
+            epoch: 4,
+            step: 400,
+            best_score: Some(0.7),
+            best_epoch: 3,
+            bad_epochs: 1,
+            history: vec![],
+            train_seconds: 12.5,
+        };
+        s.next_stage();
+        assert_eq!(
+            s,
+            TrainState {
+                stage_index: 1,
+                train_seconds: 12.5,
+                ..TrainState::default()
+            }
+        );
+    }
 }

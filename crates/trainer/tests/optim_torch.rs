@@ -1,5 +1,5 @@
 //! Optimizers, clipping and the schedule replayed against PyTorch (fixture written by
-//! `reference/gen_optim.py`: AdamW / SGD with groups, `clip_grad_norm_`, LambdaLR warm-up+cosine).
+//! `tests/reference/optim/gen_optim.py` at the workspace root: AdamW / SGD with groups, `clip_grad_norm_`, LambdaLR warm-up+cosine).
 
 use std::collections::HashMap;
 

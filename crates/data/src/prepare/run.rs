@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fast_image_resize::Resizer;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -104,7 +104,12 @@ pub(super) fn run(
     atomic::write_atomic(&out.join(OPTIONS_FILE), &bytes)?;
 
     let total: usize = listing.splits.iter().map(|s| s.candidates.len()).sum();
-    let bar = progress_bar(config.progress, total as u64);
+    let bar = crate::progress::bar(
+        config.progress,
+        total as u64,
+        "preparing",
+        crate::progress::Unit::Items("images"),
+    );
     let job = Job {
         size: config.size as u32,
         margin: config.margin,
@@ -380,20 +385,6 @@ pub fn load(
         rect,
         size,
     ))
-}
-
-fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    // A terminal target draws nothing when stderr is not a terminal.
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 fn read_options(path: &Path) -> Option<Options> {

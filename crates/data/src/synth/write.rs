@@ -9,7 +9,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::imageops::{self, FilterType};
 use image::{ImageEncoder, RgbImage};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -198,15 +198,6 @@ fn encode_png(img: &RgbImage, path: &Path) -> Result<Vec<u8>> {
     Ok(buf.into_inner())
 }
 
-fn progress(total: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(total as u64);
-    let style = ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed}<{eta}]")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
-    pb.set_message(what.to_string());
-    pb
-}
-
 /// Writes the synthetic set described by `cfg` under `out` (see the module docs for the layout).
 ///
 /// Images are drawn and written in parallel on the current rayon pool; each file is written
@@ -243,7 +234,13 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             split_codes(cfg.val, None, extras, cfg.seed, Split::Val),
         ),
     ];
-    let pb = progress(splits.iter().map(|s| s.1.len()).sum(), "synthetic faces");
+    let total = splits.iter().map(|s| s.1.len()).sum::<usize>() as u64;
+    let pb = crate::progress::bar(
+        true,
+        total,
+        "synthetic faces",
+        crate::progress::Unit::Items("images"),
+    );
     let mut summaries = Vec::new();
     for (split, codes) in &splits {
         let summary = match cfg.layout {

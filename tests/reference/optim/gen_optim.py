@@ -2,7 +2,7 @@
 parameter groups, clip_grad_norm_ and a LambdaLR warm-up + cosine schedule, run on a fixed sequence
 of gradients. The Rust optimizer tests replay the same gradients and must land on the same values.
 
-Run from the repository root: python3 crates/trainer/tests/reference/gen_optim.py
+Run from anywhere: python3 tests/reference/optim/gen_optim.py
 """
 
 import math
@@ -98,8 +98,8 @@ run("sgd", lambda p: torch.optim.SGD(groups(p, 0.1), lr=0.1, momentum=0.9, neste
 run("adamw", lambda p: torch.optim.AdamW(groups(p, 0.05), lr=0.01, betas=(0.9, 0.999), eps=1e-8), 0.01)
 
 out = {k: v.contiguous() for k, v in out.items()}
-here = os.path.dirname(os.path.abspath(__file__))
-save_file(out, os.path.join(here, "..", "fixtures", "optim.safetensors"),
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+save_file(out, os.path.join(root, "crates", "trainer", "tests", "fixtures", "optim.safetensors"),
           metadata={"steps": str(STEPS), "warmup": str(WARMUP), "min_factor": str(MIN_FACTOR),
                     "max_norm": str(MAX_NORM), "backbone_lr_scale": str(BACKBONE_LR_SCALE)})
 print("wrote", len(out), "tensors")

@@ -1,108 +1,9 @@
-//! One step of a PyTorch-compatible LSTM or GRU cell from precomputed gate pre-activations, as
-//! one op forward and one backward.
-//!
-//! Written with candle's ops a step is about ten graph nodes (narrows, sigmoids, tanhs,
-//! products, sums), each allocating a `[B, h]` tensor, and the backward twice that; the
-//! sequences are short (one step per tapped layer), so the per-node overhead dominates.
+//! The cells as candle ops: CPU loops here, the CUDA launches in `cuda.rs`.
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
-use candle_nn::ops::sigmoid;
 use rayon::prelude::*;
 
-use crate::error::KernelError;
-use crate::fused::{on_cuda, runs_here, slice};
-
-fn check(
-    op: &'static str,
-    gates: usize,
-    gx: &Tensor,
-    gh: &Tensor,
-    s: &Tensor,
-) -> Result<(usize, usize)> {
-    let err = || KernelError::CellShapes {
-        op,
-        gates,
-        gx: gx.dims().to_vec(),
-        gh: gh.dims().to_vec(),
-        state: s.dims().to_vec(),
-    };
-    let &[b, h] = s.dims() else {
-        return Err(err().into());
-    };
-    if gx.dims() != [b, gates * h] || gh.dims() != [b, gates * h] {
-        return Err(err().into());
-    }
-    Ok((b, h))
-}
-
-/// One LSTM step, PyTorch gate order (i, f, g, o): with `pre = gx + gh` (`[B, 4h]`, the input
-/// and hidden projections with their biases), `c' = f*c + i*g`, `h' = o*tanh(c')`. Returns
-/// `(h', c')`, `[B, h]` each; differentiable in `gx`, `gh` and `c`.
-///
-/// ```
-/// use candle_core::{DType, Device, Tensor};
-/// let dev = Device::Cpu;
-/// let (gx, gh) = (Tensor::randn(0f32, 1.0, (2, 12), &dev)?, Tensor::zeros((2, 12), DType::F32, &dev)?);
-/// let c = Tensor::zeros((2, 3), DType::F32, &dev)?;
-/// let (h, c) = fer_kernels::lstm_cell(&gx, &gh, &c)?;
-/// assert_eq!((h.dims(), c.dims()), (&[2, 3][..], &[2, 3][..]));
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-pub fn lstm_cell(gx: &Tensor, gh: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (b, h) = check("lstm_cell", 4, gx, gh, c)?;
-    if !(runs_here(&[gx, gh, c]) || on_cuda(&[gx, gh, c])) {
-        return lstm_plain(gx, gh, c, h);
-    }
-    let out = gx
-        .contiguous()?
-        .apply_op3(&gh.contiguous()?, &c.contiguous()?, LstmCell { b, h })?;
-    // Planes `[2, B, h]`: each output is a contiguous view.
-    Ok((out.get(0)?, out.get(1)?))
-}
-
-/// One GRU step, PyTorch gate order (r, z, n): `r = sig(gx_r + gh_r)`, `z = sig(gx_z + gh_z)`,
-/// `n = tanh(gx_n + r*gh_n)`, `h' = (1 - z)*n + z*h`, with `gx`, `gh` `[B, 3h]` (biases
-/// included) and `h` `[B, h]`. Differentiable in all three.
-///
-/// ```
-/// use candle_core::{DType, Device, Tensor};
-/// let dev = Device::Cpu;
-/// let (gx, gh) = (Tensor::randn(0f32, 1.0, (2, 9), &dev)?, Tensor::zeros((2, 9), DType::F32, &dev)?);
-/// let h = Tensor::zeros((2, 3), DType::F32, &dev)?;
-/// assert_eq!(fer_kernels::gru_cell(&gx, &gh, &h)?.dims(), &[2, 3]);
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-pub fn gru_cell(gx: &Tensor, gh: &Tensor, h: &Tensor) -> Result<Tensor> {
-    let (b, hid) = check("gru_cell", 3, gx, gh, h)?;
-    if !(runs_here(&[gx, gh, h]) || on_cuda(&[gx, gh, h])) {
-        return gru_plain(gx, gh, h, hid);
-    }
-    gx.contiguous()?
-        .apply_op3(&gh.contiguous()?, &h.contiguous()?, GruCell { b, h: hid })
-}
-
-/// The LSTM step with candle's generic ops (other devices and dtypes, or kernels off).
-fn lstm_plain(gx: &Tensor, gh: &Tensor, c: &Tensor, h: usize) -> Result<(Tensor, Tensor)> {
-    let pre = (gx + gh)?;
-    let gate = |k: usize| pre.narrow(1, k * h, h);
-    let i = sigmoid(&gate(0)?)?;
-    let f = sigmoid(&gate(1)?)?;
-    let g = gate(2)?.tanh()?;
-    let o = sigmoid(&gate(3)?)?;
-    let c = ((f * c)? + (i * g)?)?;
-    let h = (o * c.tanh()?)?;
-    Ok((h, c))
-}
-
-/// The GRU step with candle's generic ops.
-fn gru_plain(gx: &Tensor, gh: &Tensor, h: &Tensor, hid: usize) -> Result<Tensor> {
-    let gate = |t: &Tensor, k: usize| t.narrow(1, k * hid, hid);
-    let r = sigmoid(&(gate(gx, 0)? + gate(gh, 0)?)?)?;
-    let z = sigmoid(&(gate(gx, 1)? + gate(gh, 1)?)?)?;
-    let n = (gate(gx, 2)? + (r * gate(gh, 2)?)?)?.tanh()?;
-    // (1 - z)*n + z*h, written as n + z*(h - n) to save an op.
-    n.clone() + (z * (h - n)?)?
-}
+use crate::support::storage::{slice, with_data};
 
 #[inline(always)]
 fn sig(x: f32) -> f32 {
@@ -114,9 +15,9 @@ fn min_rows(h: usize) -> usize {
     (4096 / h.max(1)).max(1)
 }
 
-struct LstmCell {
-    b: usize,
-    h: usize,
+pub(super) struct LstmCell {
+    pub b: usize,
+    pub h: usize,
 }
 
 /// The gate activations `(i, f, g, o)` of one unit.
@@ -172,7 +73,7 @@ impl CustomOp3 for LstmCell {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (b, h) = (self.b, self.h);
-        crate::cuda::cell_forward(
+        super::cuda::cell_forward(
             "fer_lstm_fwd",
             (b, h),
             [(s1, l1), (s2, l2), (s3, l3)],
@@ -188,13 +89,12 @@ impl CustomOp3 for LstmCell {
         res: &Tensor,
         dres: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::op::with_data;
         let (b, h) = (self.b, self.h);
         #[cfg(feature = "cuda")]
         if gx.device().is_cuda() {
             let shapes = [gx.shape(), c.shape()];
             let ins = [gx, gh, c, res, dres];
-            let mut g = crate::cuda::cell_backward("fer_lstm_bwd", (b, h), &ins, &shapes)?;
+            let mut g = super::cuda::cell_backward("fer_lstm_bwd", (b, h), &ins, &shapes)?;
             let dc = g.pop();
             let dpre = g.pop();
             return Ok((dpre.clone(), dpre, dc));
@@ -251,9 +151,9 @@ fn lstm_backward(
     (dpre, dc)
 }
 
-struct GruCell {
-    b: usize,
-    h: usize,
+pub(super) struct GruCell {
+    pub b: usize,
+    pub h: usize,
 }
 
 /// `(r, z, n)` of one unit, and `gh_n` (the backward needs it).
@@ -308,7 +208,7 @@ impl CustomOp3 for GruCell {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (b, h) = (self.b, self.h);
-        crate::cuda::cell_forward(
+        super::cuda::cell_forward(
             "fer_gru_fwd",
             (b, h),
             [(s1, l1), (s2, l2), (s3, l3)],
@@ -324,13 +224,12 @@ impl CustomOp3 for GruCell {
         _res: &Tensor,
         dres: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::op::with_data;
         let (b, h) = (self.b, self.h);
         #[cfg(feature = "cuda")]
         if gx.device().is_cuda() {
             let shapes = [gx.shape(), gh.shape(), hp.shape()];
             let ins = [gx, gh, hp, dres];
-            let mut g = crate::cuda::cell_backward("fer_gru_bwd", (b, h), &ins, &shapes)?;
+            let mut g = super::cuda::cell_backward("fer_gru_bwd", (b, h), &ins, &shapes)?;
             let dh = g.pop();
             let dgh = g.pop();
             return Ok((g.pop(), dgh, dh));

@@ -8,10 +8,75 @@
 
 use std::cell::RefCell;
 
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::im2col::{col2im, im2col, scratch, Geom};
-use crate::matmul::{gemm, Mat};
+use crate::error::KernelError;
+use crate::support::im2col::{col2im, im2col, scratch, Geom};
+use crate::support::matmul::{gemm, Mat};
+use crate::support::storage::{dims4, slice, with_data};
+
+pub(crate) fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
+    let (xd, wd) = (dims4(x, "conv2d", "input")?, dims4(w, "conv2d", "weight")?);
+    Geom::new(xd, wd, stride, padding).ok_or_else(|| {
+        KernelError::ConvShapes {
+            input: xd,
+            weight: wd,
+            stride,
+            padding,
+        }
+        .into()
+    })
+}
+
+/// `conv2d(x, w)` with the given stride and zero padding (no bias, dilation or groups).
+pub(crate) struct Conv2d {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "fer-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = geom(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        let y = forward(&g, slice(s1, l1)?, slice(s2, l2)?);
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = geom(x.shape(), w.shape(), self.stride, self.padding)?;
+        let (dx, dw) = with_data(dy, |dy| {
+            // The stem's input is the image batch, which nothing upstream differentiates.
+            let dx = if x.track_op() {
+                Some(with_data(w, |w| Ok(input_grad(&g, dy, w)))?)
+            } else {
+                None
+            };
+            let dw = with_data(x, |x| Ok(weight_grad(&g, x, dy, None)))?;
+            Ok((dx, dw))
+        })?;
+        let dx = dx
+            .map(|dx| Tensor::from_vec(dx, x.shape(), &Device::Cpu))
+            .transpose()?;
+        let dw = Tensor::from_vec(dw, w.shape(), &Device::Cpu)?;
+        Ok((dx, Some(dw)))
+    }
+}
 
 /// Columns per GEMM worth aiming for: below this the kernel's packing overhead dominates; above
 /// it, gathering several images side by side (and copying the result apart) costs more than it
@@ -144,7 +209,7 @@ pub(crate) fn forward_keeping(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, Opti
     if !keeps_columns(g) {
         return (forward(g, x, w), None);
     }
-    let mut cols = crate::out::uninit(g.k() * g.n() * g.b);
+    let mut cols = crate::support::out::uninit(g.k() * g.n() * g.b);
     let y = forward_into(g, x, w, Some(&mut cols));
     (y, Some(cols))
 }
@@ -153,7 +218,7 @@ fn forward_into(g: &Geom, x: &[f32], w: &[f32], keep: Option<&mut [f32]>) -> Vec
     let (n, on) = (g.n(), g.o * g.n());
     let p = plan(g);
     let wm = Mat::row_major(w, g.o, g.k());
-    let mut y = crate::out::uninit(g.b * on);
+    let mut y = crate::support::out::uninit(g.b * on);
     let keep = keep.map(|buf| (buf, g.k() * n));
     blocks_into(&p, &mut y, on, keep, |first, nb, yb, kept| {
         let ld = nb * n;
@@ -206,7 +271,7 @@ pub(crate) fn input_grad(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (n, il) = (g.n(), g.image_len());
     let p = plan(g);
     let wt = Mat::row_major(w, g.o, g.k()).t();
-    let mut dx = crate::out::uninit(g.b * il);
+    let mut dx = crate::support::out::uninit(g.b * il);
     blocks_into(&p, &mut dx, il, None, |first, nb, dxb, _| {
         let ld = nb * n;
         with_dy_block(g, dy, first, nb, |dyb| {
@@ -243,7 +308,7 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], kept: Option<&[f32]>)
         let first = i * p.per_block;
         let nb = p.per_block.min(g.b - first);
         let ld = nb * n;
-        let mut dw = crate::out::uninit(g.o * g.k());
+        let mut dw = crate::support::out::uninit(g.o * g.k());
         with_dy_block(g, dy, first, nb, |dyb| {
             let dym = Mat::row_major(dyb, g.o, ld);
             if g.is_pointwise() && nb == 1 {

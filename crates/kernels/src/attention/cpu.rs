@@ -1,156 +1,22 @@
-//! First-level (position) attention pooling as one op: scores, softmax over positions, the
-//! weighted sum and the mean.
-//!
-//! Written with candle's generic ops this is a dozen graph nodes (matmul, bias, tanh, matmul,
-//! softmax's five, a batched matmul, a mean), each a pass over `[B, N, a]` or `[B, N, d]`, and
-//! autograd doubles them. Here the forward is one GEMM for all scores plus one pass per image;
-//! the backward is one pass per image plus two GEMMs, reusing the forward's tanh activations.
+//! The CPU kernel: one GEMM for all scores and one pass per image forward; one pass per image
+//! and two GEMMs backward.
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::error::KernelError;
-use crate::fused::{gemm_threads, on_cuda, runs_here, slice};
-use crate::matmul::{gemm, Mat};
-
-/// What [`position_attention`] returns.
-#[derive(Debug, Clone)]
-pub struct AttentionPool {
-    /// Attention-weighted sum of the positions, `u = sum_n alpha_n p_n`, `[B, d]`.
-    pub u: Tensor,
-    /// Mean of the positions, `g = mean_n p_n`, `[B, d]`.
-    pub g: Tensor,
-    /// `[u ; g]` side by side, `[B, 2d]` (what the fuse layer takes; no extra copy).
-    pub ug: Tensor,
-    /// Attention weights over positions, `[B, N]`; each row sums to 1.
-    pub alpha: Tensor,
-}
-
-/// Sizes: `b` images, `n` positions, `d` features per position, `a` attention width.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Dims {
-    pub b: usize,
-    pub n: usize,
-    pub d: usize,
-    pub a: usize,
-}
-
-impl Dims {
-    fn check(p: &Tensor, w: &Tensor, bias: &Tensor, v: &Tensor) -> Result<Self> {
-        let err = || KernelError::AttentionShapes {
-            p: p.dims().to_vec(),
-            w: w.dims().to_vec(),
-            b: bias.dims().to_vec(),
-            v: v.dims().to_vec(),
-        };
-        let (&[b, n, d], &[a, dw]) = (p.dims(), w.dims()) else {
-            return Err(err().into());
-        };
-        if n == 0 || d == 0 || a == 0 || dw != d || bias.dims() != [a] || v.dims() != [a] {
-            return Err(err().into());
-        }
-        Ok(Self { b, n, d, a })
-    }
-
-    /// Floats per image in the packed output: `u`, `g`, then (in a second block) `alpha`.
-    fn packed_len(&self) -> usize {
-        self.b * (2 * self.d + self.n)
-    }
-}
-
-/// First-level attention pooling of `p [B, N, d]` (one d-vector per position):
-/// `e_n = v^T tanh(W p_n + b)` with `w [a, d]`, `b [a]`, `v [a]`, `alpha = softmax_n(e)`,
-/// `u = sum_n alpha_n p_n`, `g = mean_n p_n`. Differentiable in all four inputs.
-///
-/// On the CPU in f32 (kernels on) one fused op; elsewhere the same maths with candle's ops.
-///
-/// ```
-/// use candle_core::{Device, Tensor, Var};
-/// let dev = Device::Cpu;
-/// let p = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?)?;
-/// let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (3, 4), &dev)?)?;
-/// let (b, v) = (Tensor::zeros(3, candle_core::DType::F32, &dev)?, Tensor::ones(3, candle_core::DType::F32, &dev)?);
-/// let pool = fer_kernels::position_attention(&p, &w, &b, &v)?;
-/// assert_eq!(pool.ug.dims(), &[2, 8]);
-/// let rows = pool.alpha.sum(1)?.to_vec1::<f32>()?;
-/// assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-6));
-/// let grads = pool.u.sum_all()?.backward()?;
-/// assert_eq!(grads.get(&w).unwrap().dims(), &[3, 4]);
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-pub fn position_attention(p: &Tensor, w: &Tensor, b: &Tensor, v: &Tensor) -> Result<AttentionPool> {
-    let dims = Dims::check(p, w, b, v)?;
-    let cuda = on_cuda(&[p, w, b, v]);
-    if !(cuda || runs_here(&[p, w, b, v])) {
-        return position_attention_plain(p, w, b, v);
-    }
-    // Bias and score vector travel as one `[2, a]` input (a CustomOp takes three).
-    let bv = Tensor::stack(&[b, v], 0)?;
-    let out = if cuda {
-        scores_then_pool(dims, p, w, &bv)?
-    } else {
-        let op = PositionAttentionOp {
-            dims,
-            tanh: OnceLock::new(),
-        };
-        p.contiguous()?.apply_op3(&w.contiguous()?, &bv, op)?
-    };
-    let Dims { b, n, d, .. } = dims;
-    let ug = out.narrow(0, 0, b * 2 * d)?.reshape((b, 2 * d))?;
-    Ok(AttentionPool {
-        u: ug.narrow(1, 0, d)?,
-        g: ug.narrow(1, d, d)?,
-        alpha: out.narrow(0, b * 2 * d, b * n)?.reshape((b, n))?,
-        ug,
-    })
-}
-
-/// On CUDA: the scores' pre-activations as one cuBLAS product (autograd handles `W` and its
-/// share of `dp`), then one kernel per pass for the rest.
-#[cfg(feature = "cuda")]
-fn scores_then_pool(dims: Dims, p: &Tensor, w: &Tensor, bv: &Tensor) -> Result<Tensor> {
-    let Dims { b, n, d, a } = dims;
-    let s = p.reshape((b * n, d))?.matmul(&w.t()?)?;
-    let op = crate::cuda::AttentionFromScores { b, n, d, a };
-    s.apply_op3(&p.contiguous()?, &bv.contiguous()?, op)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn scores_then_pool(_: Dims, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
-    unreachable!("on_cuda is false without the cuda feature")
-}
-
-/// The same with candle's generic ops (other devices and dtypes, or kernels switched off).
-fn position_attention_plain(
-    p: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    v: &Tensor,
-) -> Result<AttentionPool> {
-    let (bs, n, d) = p.dims3()?;
-    let e = p
-        .reshape((bs * n, d))?
-        .matmul(&w.t()?)?
-        .broadcast_add(b)?
-        .tanh()?
-        .matmul(&v.unsqueeze(1)?)?
-        .reshape((bs, n))?;
-    let alpha = candle_nn::ops::softmax(&e, D::Minus1)?;
-    let u = alpha.unsqueeze(1)?.matmul(p)?.squeeze(1)?;
-    let g = p.mean(1)?;
-    let ug = Tensor::cat(&[&u, &g], 1)?;
-    Ok(AttentionPool { u, g, ug, alpha })
-}
+use super::Dims;
+use crate::support::matmul::{gemm, Mat};
+use crate::support::storage::{gemm_threads, slice, with_data};
 
 /// The fused op over `(p [B, N, d], w [a, d], bv [2, a])`; its output is flat:
 /// `[u_0 g_0 u_1 g_1 ... | alpha_0 alpha_1 ...]`.
-struct PositionAttentionOp {
-    dims: Dims,
+pub(super) struct PositionAttentionOp {
+    pub dims: Dims,
     /// `tanh(W p_n + b)` of every position, `[B*N, a]`, kept from the forward for the backward
     /// (it saves a third GEMM; the graph already keeps `p`, which is twice as large at a = d/2).
-    tanh: OnceLock<Vec<f32>>,
+    pub tanh: OnceLock<Vec<f32>>,
 }
 
 impl CustomOp3 for PositionAttentionOp {
@@ -181,7 +47,6 @@ impl CustomOp3 for PositionAttentionOp {
         res: &Tensor,
         dres: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::op::with_data;
         let dims = self.dims;
         let (dp, dw, dbv) = with_data(p, |p| {
             with_data(w, |w| {

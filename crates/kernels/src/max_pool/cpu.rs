@@ -1,8 +1,12 @@
-//! The ResNet stem's 3x3 stride-2 max-pool (padding 1, padded cells never win) over
-//! `[B, C, H, W]`, and its backward, which routes each output's gradient to its window's
-//! first maximum in row-major order (PyTorch's choice among ties).
+//! The max-pool on the CPU (padded cells never win) and its backward, which routes each
+//! output's gradient to its window's first maximum in row-major order (PyTorch's choice among
+//! ties).
 
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::error::KernelError;
+use crate::support::storage::{dims4, slice, with_data};
 
 pub(crate) fn out_len(n: usize) -> usize {
     n.div_ceil(2)
@@ -137,4 +141,35 @@ pub(crate) fn backward(planes: usize, h: usize, w: usize, x: &[f32], dy: &[f32])
             for_each_argmax(plane, h, w, rows, |o, i| d[i] += g[o]);
         });
     dx
+}
+
+/// The stem's 3x3 stride-2 padding-1 max-pool of `[B, C, H, W]`.
+pub(crate) struct MaxPool3x3S2;
+
+fn pool_dims(shape: &Shape) -> Result<(usize, usize, usize)> {
+    let [b, c, h, w] = dims4(shape, "max-pool", "input")?;
+    if h == 0 || w == 0 {
+        return Err(KernelError::EmptyMap { h, w }.into());
+    }
+    Ok((b * c, h, w))
+}
+
+impl CustomOp1 for MaxPool3x3S2 {
+    fn name(&self) -> &'static str {
+        "fer-max-pool-3x3-s2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (planes, h, w) = pool_dims(l.shape())?;
+        let y = forward(planes, h, w, slice(s, l)?);
+        let d = l.shape().dims();
+        let shape = Shape::from((d[0], d[1], out_len(h), out_len(w)));
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (planes, h, w) = pool_dims(x.shape())?;
+        let dx = with_data(x, |x| with_data(dy, |dy| Ok(backward(planes, h, w, x, dy))))?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
+    }
 }

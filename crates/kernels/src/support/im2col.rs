@@ -81,7 +81,7 @@ pub(crate) fn scratch<R>(
             f(&mut v[..len])
         }
         // Re-entered on this thread (work stealing inside a parallel GEMM): use a fresh buffer.
-        Err(_) => f(&mut crate::out::uninit(len)),
+        Err(_) => f(&mut crate::support::out::uninit(len)),
     })
 }
 

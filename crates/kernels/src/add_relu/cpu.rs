@@ -1,46 +1,12 @@
-//! The residual block's output, `relu(y + identity)`, as one op.
-//!
-//! With candle's ops this is an add and a ReLU forward, and a comparison, a cast, a product and
-//! two gradient accumulations backward: five passes over the block's output where one forward
-//! and one backward pass do.
+//! The CPU kernel: one pass forward, one backward.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::error::KernelError;
-use crate::fused::{relu, runs_here, slice};
+use crate::support::storage::{relu, slice};
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 14;
-
-/// `relu(a + b)` for two tensors of the same shape, differentiable in both; the gradient passes
-/// where the output is positive (PyTorch's rule). On the CPU in f32 (kernels on) one fused op;
-/// elsewhere candle's add and ReLU.
-///
-/// ```
-/// use candle_core::{Device, Tensor, Var};
-/// let dev = Device::Cpu;
-/// let a = Var::new(&[1f32, -2.0, 0.5], &dev)?;
-/// let b = Tensor::new(&[1f32, 1.0, -1.0], &dev)?;
-/// let y = fer_kernels::add_relu(&a, &b)?;
-/// assert_eq!(y.to_vec1::<f32>()?, [2.0, 0.0, 0.0]);
-/// let g = y.sum_all()?.backward()?;
-/// assert_eq!(g.get(&a).unwrap().to_vec1::<f32>()?, [1.0, 0.0, 0.0]);
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dims() != b.dims() {
-        return Err(KernelError::AddShapes {
-            a: a.dims().to_vec(),
-            b: b.dims().to_vec(),
-        }
-        .into());
-    }
-    if !runs_here(&[a, b]) {
-        return (a + b)?.relu();
-    }
-    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
-}
 
 /// `f(a[i], b[i])` for equally long slices, chunked over the rayon pool.
 fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
@@ -55,7 +21,7 @@ fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     out
 }
 
-struct AddRelu;
+pub(super) struct AddRelu;
 
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {

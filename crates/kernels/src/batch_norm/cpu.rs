@@ -1,10 +1,9 @@
-//! Training-mode BatchNorm over `[B, C, H, W]` in two passes forward and two backward.
-//!
-//! candle's BatchNorm is a chain of generic ops (transpose, copy, mean, sub, sqr, mean, div,
-//! mul, add, transpose) each a full pass over the activations, and autograd doubles them. Here
-//! the statistics, the normalisation and the whole backward are written out per channel.
+//! The BatchNorm numerics: statistics, the affine step (+ ReLU) and the backward, per channel.
 
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::support::storage::{slice, with_data};
 
 /// `[B, C, S]` with `S = H * W`: channel `c` of image `b` is `x[(b * C + c) * S..][..S]`.
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +115,7 @@ pub(crate) fn affine(
 
 /// `y = x * scale[c] + shift[c]` (then `max(y, 0)` with `relu`), parallel over images.
 pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
-    let mut y = crate::out::uninit(x.len());
+    let mut y = crate::support::out::uninit(x.len());
     if y.is_empty() {
         return y;
     }
@@ -126,7 +125,7 @@ pub(crate) fn apply(d: Dims, x: &[f32], scale: &[f32], shift: &[f32], relu: bool
             let xs = &x[d.plane(b, c)];
             let out = yb[c * d.s..(c + 1) * d.s].iter_mut().zip(xs);
             if relu {
-                out.for_each(|(o, &v)| *o = crate::fused::relu(v * sc + sh));
+                out.for_each(|(o, &v)| *o = crate::support::storage::relu(v * sc + sh));
             } else {
                 out.for_each(|(o, &v)| *o = v * sc + sh);
             }
@@ -197,7 +196,7 @@ fn backward_gated<const RELU: bool, const BATCH_STATS: bool>(
         .collect();
     let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = sums.into_iter().unzip();
     let m = d.m() as f32;
-    let mut dx = crate::out::uninit(x.len());
+    let mut dx = crate::support::out::uninit(x.len());
     if dx.is_empty() {
         return (dx, dgamma, dbeta);
     }
@@ -220,4 +219,73 @@ fn backward_gated<const RELU: bool, const BATCH_STATS: bool>(
             }
         });
     (dx, dgamma, dbeta)
+}
+
+/// BatchNorm of `x [B, C, H, W]` with statistics computed beforehand: the batch's own (training
+/// mode: the gradient flows through them) or fixed running averages (eval mode).
+pub(crate) struct BatchNormOp {
+    pub dims: Dims,
+    pub mean: Vec<f32>,
+    pub invstd: Vec<f32>,
+    /// A ReLU fused after the affine step.
+    pub relu: bool,
+    /// Whether `mean` and `invstd` are the batch's own statistics.
+    pub batch_stats: bool,
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        if self.batch_stats {
+            "fer-batch-norm-train"
+        } else {
+            "fer-batch-norm-eval"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (scale, shift) = affine(&self.mean, &self.invstd, gamma, beta);
+        let y = apply(self.dims, x, &scale, &shift, self.relu);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgamma, dbeta) = with_data(dy, |dy| {
+            with_data(x, |x| {
+                with_data(gamma, |g| {
+                    with_data(res, |y| {
+                        let relu_out = self.relu.then_some(y);
+                        let (mean, invstd) = (&self.mean, &self.invstd);
+                        let d = self.dims;
+                        Ok(if self.batch_stats {
+                            backward::<true>(d, x, dy, relu_out, mean, invstd, g)
+                        } else {
+                            backward::<false>(d, x, dy, relu_out, mean, invstd, g)
+                        })
+                    })
+                })
+            })
+        })?;
+        let c = self.dims.c;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(dgamma, c, &Device::Cpu)?),
+            Some(Tensor::from_vec(dbeta, c, &Device::Cpu)?),
+        ))
+    }
 }

@@ -1,125 +1,19 @@
-//! A ResNet unit in training mode as one op: conv2d, BatchNorm with the batch's statistics, and
-//! optionally a ReLU.
-//!
-//! As two ops (`conv2d` then `batch_norm_train`) the conv output is a graph node of its own, and
-//! candle's backward adds its gradient into a fresh zero tensor before the conv's backward reads
-//! it: a memset and an add over the largest activations, for every conv of the network. Fused,
-//! the BatchNorm backward's input gradient goes straight into the conv backward. The conv output
-//! is kept inside the op for the backward, as the graph kept it before.
+//! The fused CPU op: conv (im2col + GEMM), BatchNorm, ReLU and max-pool forward; their
+//! backward in one pass chain, the conv output and (when small) its column matrices kept.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
-use crate::batch_norm::{self, Dims};
-use crate::error::KernelError;
-use crate::fused::slice;
-use crate::im2col::Geom;
-use crate::op::{geom, with_data};
-use crate::{conv, conv2d, pool, runs_here, BatchStats};
-
-/// `batch_norm_train(conv2d(x, w, stride, padding), gamma, beta, eps, relu)`: the same values,
-/// statistics and gradients (in `x`, `w`, `gamma` and `beta`), as one op on the CPU in f32
-/// (kernels on); elsewhere exactly that composition.
-///
-/// ```
-/// use candle_core::{Device, Tensor, Var};
-/// let dev = Device::Cpu;
-/// let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &dev)?)?;
-/// let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (4, 3, 3, 3), &dev)?)?;
-/// let (g, b) = (Tensor::ones(4, candle_core::DType::F32, &dev)?, Tensor::zeros(4, candle_core::DType::F32, &dev)?);
-/// let (y, stats) = fer_kernels::conv_bn_train(&x, &w, 1, 1, &g, &b, 1e-5, true)?;
-/// assert_eq!(y.dims(), &[2, 4, 6, 6]);
-/// assert_eq!(stats.mean.dims(), &[4]);
-/// let grads = y.sum_all()?.backward()?;
-/// assert_eq!(grads.get(&w).unwrap().dims(), &[4, 3, 3, 3]);
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-#[allow(clippy::too_many_arguments)]
-pub fn conv_bn_train(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    padding: usize,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-    relu: bool,
-) -> Result<(Tensor, BatchStats)> {
-    if !(runs_here(x, &[w, gamma, beta]) && w.rank() == 4) {
-        let y = conv2d(x, w, stride, padding)?;
-        return crate::batch_norm_train(&y, gamma, beta, eps, relu);
-    }
-    fused(x, w, stride, padding, gamma, beta, eps, relu, false)
-}
-
-/// The ImageNet stem in training mode: [`conv_bn_train`] with the ReLU, then
-/// [`crate::max_pool_3x3_s2`], as one op (the BatchNorm output, the largest map of the network,
-/// is then no graph node of its own). Like the max-pool, only the CPU kernel is here: elsewhere
-/// it returns `None` and the caller composes its own.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_bn_relu_pool_train(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    padding: usize,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<Option<(Tensor, BatchStats)>> {
-    if !(runs_here(x, &[w, gamma, beta]) && w.rank() == 4) {
-        return Ok(None);
-    }
-    fused(x, w, stride, padding, gamma, beta, eps, true, true).map(Some)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fused(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    padding: usize,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-    relu: bool,
-    pool: bool,
-) -> Result<(Tensor, BatchStats)> {
-    let g = geom(x.shape(), w.shape(), stride, padding)?;
-    if gamma.dims() != [g.o] || beta.dims() != [g.o] {
-        return Err(KernelError::Affine {
-            channels: g.o,
-            gamma: gamma.dims().to_vec(),
-            beta: beta.dims().to_vec(),
-        }
-        .into());
-    }
-    // Scale and shift travel as one `[2, C]` input (a CustomOp takes three).
-    let gb = Tensor::stack(&[gamma, beta], 0)?;
-    let stats = Arc::new(OnceLock::new());
-    let op = ConvBnTrain {
-        g,
-        eps,
-        relu,
-        pool,
-        saved: OnceLock::new(),
-        stats: Arc::clone(&stats),
-    };
-    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
-    let (mean, var): &(Vec<f32>, Vec<f32>) = stats
-        .get()
-        .ok_or_else(|| KernelError::Storage("conv_bn_train ran without statistics".into()))?;
-    let stats = BatchStats {
-        mean: Tensor::from_slice(mean, g.o, x.device())?,
-        var: Tensor::from_slice(var, g.o, x.device())?,
-        count: g.b * g.n(),
-    };
-    Ok((y, stats))
-}
+use crate::batch_norm::cpu::{self as batch_norm, Dims};
+use crate::conv2d::cpu as conv;
+use crate::max_pool::cpu as pool;
+use crate::support::im2col::Geom;
+use crate::support::storage::{slice, with_data};
 
 /// What the forward keeps for the backward: the conv output and its normalisation.
-struct Saved {
+pub(super) struct Saved {
     y: Vec<f32>,
     mean: Vec<f32>,
     invstd: Vec<f32>,
@@ -130,15 +24,15 @@ struct Saved {
     z: Option<Vec<f32>>,
 }
 
-struct ConvBnTrain {
-    g: Geom,
-    eps: f64,
-    relu: bool,
+pub(super) struct ConvBnTrain {
+    pub g: Geom,
+    pub eps: f64,
+    pub relu: bool,
     /// A 3x3 stride-2 max-pool after the ReLU.
-    pool: bool,
-    saved: OnceLock<Saved>,
+    pub pool: bool,
+    pub saved: OnceLock<Saved>,
     /// The batch mean and biased variance, for the caller's running averages.
-    stats: Arc<OnceLock<(Vec<f32>, Vec<f32>)>>,
+    pub stats: Arc<OnceLock<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl ConvBnTrain {
