@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 use candle_core::Device;
 use serde::Serialize;
-use trainer::bench::{measure, Case, Speed, CASES, WARMUP};
+use trainer::bench::{measure_in, Case, Speed, CASES, WARMUP};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Which {
@@ -64,8 +64,11 @@ pub struct BenchTrainArgs {
     /// Also time the PyTorch reference (tests/reference/bench/bench_pytorch.py).
     #[arg(long)]
     vs_pytorch: bool,
-    /// Internal: measure the one config in this process and print its JSON line.
-    #[arg(long, hide = true)]
+    /// Measure the one config in this process and print its JSON line (how the table's rows are
+    /// made, each in a fresh process). Under `mpirun` (built with `--features distributed`) the
+    /// process is one rank of a data-parallel step: rank 0 prints the global images/s and the
+    /// all-reduce's share of a step.
+    #[arg(long)]
     child: bool,
 }
 
@@ -120,8 +123,11 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
             .num_threads(threads)
             .build_global()
             .context("setting up the rayon thread pool")?;
-        let speed = measure(case, args.steps as usize, &Device::Cpu)?;
-        println!("{}", serde_json::to_string(&speed)?);
+        let world = trainer::world::World::from_env()?;
+        let speed = measure_in(&world, case, args.steps as usize, &Device::Cpu)?;
+        if world.is_root() {
+            println!("{}", serde_json::to_string(&speed)?);
+        }
         return Ok(());
     }
 
@@ -218,6 +224,10 @@ fn print_row(case: &Case, row: &Row) {
             train_img_s: v.pytorch_train_img_s,
             infer_img_s: v.pytorch_infer_img_s,
             peak_rss_mib: v.pytorch_peak_rss_mib,
+            ranks: None,
+            allreduce_share: None,
+            allreduce_mib: None,
+            allreduce_seconds: None,
         };
         line("    PyTorch", &torch);
         println!(

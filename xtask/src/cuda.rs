@@ -73,6 +73,10 @@ pub struct BuildCudaArgs {
     /// runs so that the CUDA code cannot rot.
     #[arg(long)]
     check: bool,
+    /// With --check: also type-check the trainer's NCCL backend for data-parallel GPU training
+    /// (`--features trainer/nccl`; needs Open MPI and libclang, as the `distributed` feature does).
+    #[arg(long, requires = "check")]
+    nccl: bool,
 }
 
 pub(crate) fn repo_root() -> PathBuf {
@@ -379,13 +383,18 @@ pub fn build(args: BuildCudaArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     if args.check {
+        let features = if args.nccl {
+            "cuda,trainer/nccl"
+        } else {
+            "cuda"
+        };
         let status = cuda_cargo(&dir, &cap)
             .args([
                 "check",
                 "--workspace",
                 "--all-targets",
                 "--features",
-                "cuda",
+                features,
             ])
             .arg("--target-dir")
             .arg(&target_dir)
@@ -393,7 +402,7 @@ pub fn build(args: BuildCudaArgs) -> anyhow::Result<()> {
             .status()
             .context("running cargo check")?;
         if !status.success() {
-            bail!("cargo check --features cuda failed ({status})");
+            bail!("cargo check --features {features} failed ({status})");
         }
         println!(
             "build-cuda --check: the workspace type-checks with CUDA ({:.0} s)",

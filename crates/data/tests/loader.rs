@@ -423,3 +423,57 @@ fn bad_folders_and_configs_are_clear_errors() {
         assert!(err.to_string().contains(what), "{err}");
     }
 }
+
+#[test]
+fn the_parts_of_every_batch_put_together_are_the_whole_batch() {
+    use fer_data::loader::Part;
+    let (_tmp, ds) = dataset();
+    let augmented = |part: Part| LoaderConfig {
+        part,
+        augment: fer_data::augment::AugmentConfig::default(),
+        ..cfg(4)
+    };
+    let whole = collect(
+        &Loader::new(ds.clone(), augmented(Part::WHOLE), Device::Cpu).unwrap(),
+        1,
+    );
+    for count in [2, 3, 5] {
+        let parts: Vec<Vec<Batch>> = (0..count)
+            .map(|index| {
+                let l = Loader::new(ds.clone(), augmented(Part { index, count }), Device::Cpu);
+                collect(&l.unwrap(), 1)
+            })
+            .collect();
+        for (k, batch) in whole.iter().enumerate() {
+            // Every part yields every batch (some empty), so ranks stay in step.
+            let pieces: Vec<&Batch> = parts.iter().map(|p| &p[k]).collect();
+            let indices: Vec<usize> = pieces.iter().flat_map(|b| b.indices.clone()).collect();
+            assert_eq!(indices, batch.indices, "batch {k} in {count} parts");
+            let sizes: Vec<usize> = pieces.iter().map(|b| b.len()).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{sizes:?}");
+            // Each sample keeps its augmentation: the images are the whole batch's, in pieces.
+            let mut at = 0;
+            for p in pieces {
+                let mine = batch.narrow(at, p.len()).unwrap();
+                assert_eq!(
+                    f32s(&p.images),
+                    f32s(&mine.images),
+                    "batch {k} in {count} parts"
+                );
+                at += p.len();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_part_that_does_not_exist_is_refused() {
+    let (_tmp, ds) = dataset();
+    let bad = LoaderConfig {
+        part: fer_data::loader::Part { index: 2, count: 2 },
+        ..cfg(4)
+    };
+    let err = Loader::new(ds, bad, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("part 2 of 2"), "{err}");
+}

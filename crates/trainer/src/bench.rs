@@ -14,6 +14,7 @@ use fer_model::{trainable_vars, ModelConfig, TwoAttTwoMt};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::world::World;
 use crate::{Error, Result};
 
 /// Untimed steps before the timed ones (ours and PyTorch alike).
@@ -116,12 +117,30 @@ pub struct Speed {
     pub infer_img_s: f64,
     /// Host memory: on a GPU the device memory is not in it.
     pub peak_rss_mib: f64,
+    /// Data-parallel runs only: the ranks, and the share of a training step spent summing
+    /// gradients across them (median all-reduce time over median step time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_share: Option<f64>,
+    /// The gradients summed per step (MiB of f32) and the median seconds that took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_mib: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_seconds: Option<f64>,
 }
 
 /// Measures `case` on `dev` in this process: [`WARMUP`] + `steps` training steps, then as many
 /// eval-mode forwards; the median step time of each. The figures are the trainer's when the
 /// process has tuned its allocator as the trainer does ([`crate::alloc::keep_freed_memory`]).
 pub fn measure(case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
+    measure_in(&World::single(), case, steps, dev)
+}
+
+/// [`measure`] as one rank of a data-parallel run: each rank steps on its part of the batch
+/// and the ranks sum their gradients before the optimizer step, as `trainer train` does. The
+/// images per second are the global batch's; inference is per rank (nothing is exchanged).
+pub fn measure_in(world: &World, case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
     let cfg = case.model();
     let varmap = VarMap::new();
     let model = TwoAttTwoMt::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
@@ -133,7 +152,12 @@ pub fn measure(case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
     let mut opt = Optimizer::new(&opt_cfg, trainable_vars(&varmap))?;
     let loss_cfg = LossConfig::default();
 
-    let (b, s, k) = (case.batch, case.size, cfg.num_classes);
+    let (global, s, k) = (case.batch, case.size, cfg.num_classes);
+    let b = world.part().range(global).len();
+    let weight = b as f64 / global as f64;
+    let vars = opt.vars();
+    let floats: usize = vars.iter().map(|v| v.elem_count()).sum();
+    let mut reduce_secs = Vec::with_capacity(steps + WARMUP);
     let images = Tensor::randn(0f32, 1.0, (b, 3, s, s), dev)?;
     let classes = Tensor::rand(0f32, k as f32, b, dev)?.floor()?;
     let classes = classes.clamp(0f32, (k - 1) as f32)?.to_dtype(DType::I64)?;
@@ -160,18 +184,27 @@ pub fn measure(case: &Case, steps: usize, dev: &Device) -> Result<Speed> {
             mask: &mask,
         };
         let parts = stage_loss(Stage::Dimensional, &loss_cfg, Some(class), Some(va))?;
-        let grads = parts.total.backward()?;
+        let mut grads = parts.total.backward()?;
+        let t = Instant::now();
+        world.sum_gradients(&mut grads, &vars, weight)?;
+        reduce_secs.push(t.elapsed().as_secs_f64());
         opt.step(&grads, opt_cfg.lr)?;
         Ok(())
     })?;
+    let reduce = median(&mut reduce_secs[WARMUP..].to_vec()).unwrap_or(0.0);
     let infer = time_steps(steps, dev, || {
         model.forward(&images, false)?;
         Ok(())
     })?;
+    let distributed = world.size() > 1;
     Ok(Speed {
-        train_img_s: b as f64 / train,
+        train_img_s: global as f64 / train,
         infer_img_s: b as f64 / infer,
         peak_rss_mib: peak_rss_kib()? as f64 / 1024.0,
+        ranks: distributed.then_some(world.size()),
+        allreduce_share: distributed.then_some(reduce / train),
+        allreduce_mib: distributed.then_some(floats as f64 * 4.0 / (1 << 20) as f64),
+        allreduce_seconds: distributed.then_some(reduce),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The command line (clap derive) and what each command does.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,6 +12,7 @@ use crate::photos::DetectMode;
 use crate::report::{self, MetricsJson, ReportInput, SplitMetrics};
 use crate::state::{keys, TrainState};
 use crate::train::{self, Outcome, TrainArgs};
+use crate::world::World;
 use crate::{predict, Error, Result};
 
 /// Train, evaluate and run the 2Att-2Mt facial emotion model (valence/arousal + expression).
@@ -49,9 +51,14 @@ pub enum DeviceArg {
 }
 
 pub fn device(d: DeviceArg) -> Result<Device> {
+    device_number(d, 0)
+}
+
+/// `d`, on GPU `gpu` when it is CUDA.
+fn device_number(d: DeviceArg, gpu: usize) -> Result<Device> {
     match d {
         DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda if candle_core::utils::cuda_is_available() => Ok(Device::new_cuda(0)?),
+        DeviceArg::Cuda if candle_core::utils::cuda_is_available() => Ok(Device::new_cuda(gpu)?),
         DeviceArg::Cuda => Err(Error::Config(
             "--device cuda: this build has no CUDA support (build with --features cuda)".into(),
         )),
@@ -205,20 +212,41 @@ fn run_train(t: TrainCmd) -> Result<()> {
             Some(c)
         }
     };
+    let world = Rc::new(World::from_env()?);
     let args = TrainArgs {
+        world: world.clone(),
         data: t.data,
         out: t.out,
         config,
         resume: t.resume,
-        device: device(t.device)?,
+        // One GPU per rank: the rank's position among the ranks of its machine.
+        device: device_number(t.device, local_rank(&world))?,
         stop_after_epochs: t.stop_after_epochs,
         fault_nan_step: t.fault_nan_step,
     };
-    let m = train_and_report(args)?;
-    if let Some(m) = m {
-        println!("{}", report::table(&m));
+    match train_and_report(args) {
+        Ok(Some(m)) if world.is_root() => println!("{}", report::table(&m)),
+        Ok(_) => {}
+        // A rank that returned would leave the others waiting in their next collective.
+        Err(e) if world.size() > 1 => {
+            eprintln!("error on rank {} of {}: {e}", world.rank(), world.size());
+            world.abort(1)
+        }
+        Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// This rank's position among the ranks on its machine, as the MPI launchers tell it.
+fn local_rank(world: &World) -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(world.rank())
 }
 
 /// Trains, then writes metrics.json, the figures and report.md. `None` when stopped early on
@@ -227,8 +255,11 @@ pub fn train_and_report(args: TrainArgs) -> Result<Option<MetricsJson>> {
     let out = args.out.clone();
     let data = args.data.clone();
     let device = args.device.clone();
+    let root = args.world.is_root();
     let f = match train::train(args)? {
         Outcome::Stopped { .. } => return Ok(None),
+        // Rank 0 alone writes the metrics, figures and report.
+        Outcome::Finished(_) if !root => return Ok(None),
         Outcome::Finished(f) => f,
     };
     let last_stage = f.stages.last().map_or("", |s| s.name);

@@ -32,7 +32,14 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
+    /// Images per optimizer step. In a data-parallel run this is the global batch, split across
+    /// the ranks, so a config trains the same way on any number of processes.
     pub batch_size: usize,
+    /// Gradient accumulation: each rank's share of a batch is forwarded and backpropagated in
+    /// this many parts (each with its own BatchNorm statistics, as a rank of a data-parallel run
+    /// has), their gradients summed before the step. Less memory per step, same update as this
+    /// many times more ranks.
+    pub micro_batches: usize,
     pub eval_batch_size: usize,
     /// The loader's own decoding/augmentation threads (separate from the compute threads).
     pub loader_threads: usize,
@@ -48,6 +55,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             batch_size: 32,
+            micro_batches: 1,
             eval_batch_size: 64,
             loader_threads: 1,
             prefetch: 2,
@@ -242,6 +250,11 @@ impl TrainConfig {
             .augment
             .validate()
             .map_err(|e| Error::Config(format!("data.augment: {e}")))?;
+        if self.data.micro_batches == 0 {
+            return Err(Error::Config(
+                "data.micro_batches must be at least 1".into(),
+            ));
+        }
         if self.data.batch_size == 0 || self.data.eval_batch_size == 0 {
             return Err(Error::Config("data: batch sizes must be at least 1".into()));
         }

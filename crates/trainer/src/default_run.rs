@@ -77,6 +77,7 @@ pub fn run() -> Result<()> {
         .unwrap_or(0);
     let out = Path::new("runs").join(format!("default-{}", timestamp(secs)));
     let metrics = train_and_report(TrainArgs {
+        world: std::rc::Rc::new(crate::world::World::single()),
         data: prepared.to_path_buf(),
         out,
         config: Some(TrainConfig::default_cpu()),

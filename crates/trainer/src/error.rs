@@ -32,6 +32,8 @@ pub enum Error {
     Loss(#[from] fer_losses::LossError),
     #[error("plot {path}: {message}")]
     Plot { path: PathBuf, message: String },
+    #[error("data-parallel run: {0}")]
+    Distributed(String),
 }
 
 impl Error {

@@ -9,7 +9,8 @@ use fer_losses::{Metrics, MetricsAccumulator};
 use fer_model::TwoAttTwoMt;
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::world::World;
+use crate::{Error, Result};
 
 /// Test-time augmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -119,9 +120,34 @@ pub fn evaluate(
     tta: Tta,
     device: &Device,
 ) -> Result<Evaluation> {
+    let one = World::single();
+    evaluate_in(
+        &one,
+        model,
+        dataset,
+        batch_size,
+        loader_threads,
+        tta,
+        device,
+    )
+}
+
+/// [`evaluate`] split across the ranks of `world`: each predicts its part of every batch, then
+/// all ranks put the predictions together and compute the same metrics from them.
+pub fn evaluate_in(
+    world: &World,
+    model: &TwoAttTwoMt,
+    dataset: Arc<Dataset>,
+    batch_size: usize,
+    loader_threads: usize,
+    tta: Tta,
+    device: &Device,
+) -> Result<Evaluation> {
     let k = model.config().num_classes;
+    let n = dataset.len();
     let cfg = LoaderConfig {
         threads: loader_threads,
+        part: world.part(),
         ..LoaderConfig::eval(batch_size)
     };
     let loader = Loader::new(dataset, cfg, device.clone())?;
@@ -129,6 +155,10 @@ pub fn evaluate(
     let mut samples = Vec::with_capacity(loader.dataset().len());
     for batch in loader.epoch(0) {
         let batch = batch?;
+        // A rank's part of a short last batch can be empty; the model takes no empty batch.
+        if batch.is_empty() {
+            continue;
+        }
         let out = predict_batch(model, &batch.images, tta, k)?;
         let (vp, ap) = (&out.valence, &out.arousal);
         let (vt, at) = (vec_f32(&batch.valence)?, vec_f32(&batch.arousal)?);
@@ -155,8 +185,81 @@ pub fn evaluate(
             });
         }
     }
+    if world.size() == 1 {
+        return Ok(Evaluation {
+            metrics: acc.finish(),
+            samples,
+        });
+    }
+    let samples = gather(world, &samples, n)?;
+    let mut acc = MetricsAccumulator::new(k);
+    let column = |f: fn(&SamplePrediction) -> f32| samples.iter().map(f).collect::<Vec<_>>();
+    let (vt, at) = (column(|s| s.true_valence), column(|s| s.true_arousal));
+    let vm: Vec<f32> = vt
+        .iter()
+        .map(|v| f32::from(u8::from(!v.is_nan())))
+        .collect();
+    let zero_nan = |v: Vec<f32>| {
+        v.into_iter()
+            .map(|x| if x.is_nan() { 0.0 } else { x })
+            .collect::<Vec<_>>()
+    };
+    acc.push_va(
+        &column(|s| s.valence),
+        &column(|s| s.arousal),
+        &zero_nan(vt),
+        &zero_nan(at),
+        &vm,
+    )?;
+    if model.config().categorical {
+        let classes: Vec<i64> = samples.iter().map(|s| s.class).collect();
+        let targets: Vec<i64> = samples.iter().map(|s| s.true_class).collect();
+        acc.push_classes(fer_losses::Predictions::Classes(&classes), &targets)?;
+    }
     Ok(Evaluation {
         metrics: acc.finish(),
         samples,
     })
+}
+
+/// Every rank's predictions, in dataset order: each rank writes its samples into the rows of a
+/// zeroed table and the ranks sum the tables (a gather out of the one collective we have).
+fn gather(world: &World, mine: &[SamplePrediction], n: usize) -> Result<Vec<SamplePrediction>> {
+    const COLS: usize = 7;
+    let mut table = vec![0f32; n * COLS];
+    for s in mine {
+        let row = &mut table[s.index * COLS..][..COLS];
+        // Class ids are small integers, exact in f32; the 1 marks the row as filled.
+        row.copy_from_slice(&[
+            1.0,
+            s.valence,
+            s.arousal,
+            s.true_valence,
+            s.true_arousal,
+            s.class as f32,
+            s.true_class as f32,
+        ]);
+    }
+    world.sum(&mut table)?;
+    table
+        .chunks_exact(COLS)
+        .enumerate()
+        .map(|(index, r)| {
+            if r[0] != 1.0 {
+                return Err(Error::Distributed(format!(
+                    "sample {index} was evaluated by {} ranks, not one",
+                    r[0]
+                )));
+            }
+            Ok(SamplePrediction {
+                index,
+                valence: r[1],
+                arousal: r[2],
+                true_valence: r[3],
+                true_arousal: r[4],
+                class: r[5] as i64,
+                true_class: r[6] as i64,
+            })
+        })
+        .collect()
 }

@@ -43,5 +43,6 @@ pub mod schedule;
 pub mod soak;
 pub mod state;
 pub mod train;
+pub mod world;
 
 pub use error::{Error, Result};

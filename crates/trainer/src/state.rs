@@ -101,6 +101,8 @@ pub mod keys {
     pub const MARGIN: &str = "margin";
     pub const CLASS_NAMES: &str = "class_names";
     pub const STAGES: &str = "stages";
+    /// Ranks of the data-parallel run that wrote the checkpoint.
+    pub const WORLD_SIZE: &str = "world_size";
 }
 
 #[cfg(test)]

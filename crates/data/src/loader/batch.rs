@@ -47,6 +47,27 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }
+
+    /// The `len` samples from `start` on, as a batch of their own (views, no copies).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Batch> {
+        if start + len > self.len() {
+            return Err(Error::Loader(format!(
+                "samples {start}..{} of a batch of {}",
+                start + len,
+                self.len()
+            )));
+        }
+        Ok(Batch {
+            images: self.images.narrow(0, start, len)?,
+            expression: self.expression.narrow(0, start, len)?,
+            class_mask: self.class_mask.narrow(0, start, len)?,
+            valence: self.valence.narrow(0, start, len)?,
+            arousal: self.arousal.narrow(0, start, len)?,
+            va_mask: self.va_mask.narrow(0, start, len)?,
+            indices: self.indices[start..start + len].to_vec(),
+            source_rows: self.source_rows[start..start + len].to_vec(),
+        })
+    }
 }
 
 /// A batch still in host memory, as the worker thread hands it over.

@@ -75,6 +75,37 @@ pub struct LoaderConfig {
     /// Batches prepared ahead of the one being consumed.
     pub prefetch: usize,
     pub augment: AugmentConfig,
+    /// The part of every batch this loader yields: all of it, or one rank's share in
+    /// data-parallel training. Set by the program, never read from a config file.
+    #[serde(skip)]
+    pub part: Part,
+}
+
+/// Part `index` of `count` equal shares of every batch (sizes differ by at most one sample):
+/// rank `index` of a data-parallel run of `count` ranks, or one micro-batch of a step. Each
+/// sample keeps the order, augmentation and position it has in the whole batch, so the parts of
+/// all ranks together are exactly the batch a single process would load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for Part {
+    fn default() -> Self {
+        Part::WHOLE
+    }
+}
+
+impl Part {
+    /// The whole batch.
+    pub const WHOLE: Part = Part { index: 0, count: 1 };
+
+    /// The positions of this part within a batch of `len` samples (empty when `len < count`
+    /// leaves this part nothing).
+    pub fn range(&self, len: usize) -> std::ops::Range<usize> {
+        (len * self.index / self.count)..(len * (self.index + 1) / self.count)
+    }
 }
 
 impl Default for LoaderConfig {
@@ -88,6 +119,7 @@ impl Default for LoaderConfig {
             threads: 2,
             prefetch: 2,
             augment: AugmentConfig::default(),
+            part: Part::WHOLE,
         }
     }
 }
@@ -110,6 +142,12 @@ impl LoaderConfig {
         }
         if self.threads == 0 {
             return Err(Error::Config("threads must be at least 1".into()));
+        }
+        if self.part.count == 0 || self.part.index >= self.part.count {
+            return Err(Error::Config(format!(
+                "part {} of {} does not exist",
+                self.part.index, self.part.count
+            )));
         }
         self.augment.validate()
     }
@@ -176,6 +214,12 @@ impl Loader {
         }
     }
 
+    /// Samples in batch `k` of an epoch, all parts together (the last batch may be short).
+    pub fn whole_batch_len(&self, k: usize) -> usize {
+        let (n, b) = (self.dataset.len(), self.cfg.batch_size);
+        n.saturating_sub(k * b).min(b)
+    }
+
     /// The dataset index at each position of `epoch` (before `drop_last`).
     pub fn epoch_order(&self, epoch: usize) -> Vec<usize> {
         let n = self.dataset.len();
@@ -212,6 +256,7 @@ impl Loader {
         let worker = {
             let (ds, pool, stop) = (self.dataset.clone(), self.pool.clone(), stop.clone());
             let (augment, seed, b) = (self.cfg.augment.clone(), self.cfg.seed, self.cfg.batch_size);
+            let part = self.cfg.part;
             std::thread::Builder::new()
                 .name("fer-loader".into())
                 .spawn(move || {
@@ -222,8 +267,9 @@ impl Loader {
                         epoch,
                     };
                     for k in first..total {
-                        let start = k * b;
-                        let end = (start + b).min(order.len());
+                        let batch = k * b;
+                        let mine = part.range((batch + b).min(order.len()) - batch);
+                        let (start, end) = (batch + mine.start, batch + mine.end);
                         let built = pool
                             .install(|| HostBatch::build(&spec, start, &order[start..end], &stop));
                         // A closed channel or a raised flag means the consumer has gone.

@@ -4,8 +4,9 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use candle_core::DType;
-use fer_data::loader::Loader;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use fer_data::loader::{Batch, Loader, Part};
 use fer_losses::{stage_loss, ClassInputs, LossParts, Metrics, VaInputs};
 
 use super::{Ctx, TrainArgs};
@@ -14,6 +15,7 @@ use crate::optim::Optimizer;
 use crate::plan::StagePlan;
 use crate::schedule::WarmupCosine;
 use crate::state::{EpochRecord, TrainState};
+use crate::world::World;
 use crate::{Error, Result};
 
 #[derive(Default)]
@@ -38,6 +40,60 @@ struct LastFinite {
     lr: f64,
 }
 
+/// One step's loss sums over a rank's samples, summed over the ranks in one call: sums and
+/// counts, so that the means are those of the global batch.
+#[derive(Default, Clone, Copy)]
+struct StepSums {
+    loss: f64,
+    n: f64,
+    ce: (f64, f64),
+    va: (f64, f64),
+    aux: (f64, f64),
+}
+
+impl StepSums {
+    fn add(&mut self, p: &LossParts, loss: f64, n: usize) {
+        let ce_n = p.ce_samples as f64;
+        self.loss += loss * n as f64;
+        self.n += n as f64;
+        if let Some(c) = p.ce {
+            self.ce = (self.ce.0 + c * ce_n, self.ce.1 + ce_n);
+        }
+        if let Some(v) = p.va {
+            self.va = (
+                self.va.0 + v * p.va_samples as f64,
+                self.va.1 + p.va_samples as f64,
+            );
+        }
+        if let Some(a) = p.aux {
+            self.aux = (self.aux.0 + a * ce_n, self.aux.1 + ce_n);
+        }
+    }
+
+    fn summed(self, world: &World) -> Result<StepSums> {
+        if world.size() == 1 {
+            return Ok(self);
+        }
+        let mut buf = [
+            self.loss, self.n, self.ce.0, self.ce.1, self.va.0, self.va.1, self.aux.0, self.aux.1,
+        ]
+        .map(|v| v as f32);
+        world.sum(&mut buf)?;
+        let b = buf.map(f64::from);
+        Ok(StepSums {
+            loss: b[0],
+            n: b[1],
+            ce: (b[2], b[3]),
+            va: (b[4], b[5]),
+            aux: (b[6], b[7]),
+        })
+    }
+
+    fn loss(&self) -> f64 {
+        self.loss / self.n.max(1.0)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train_epoch(
     ctx: &Ctx,
@@ -49,50 +105,68 @@ pub(super) fn train_epoch(
     state: &mut TrainState,
     args: &TrainArgs,
 ) -> Result<EpochStats> {
+    let world = &ctx.world;
     let mut stats = EpochStats::default();
     let t0 = Instant::now();
     let pb = fer_data::progress::bar(
-        std::io::stderr().is_terminal(),
+        world.is_root() && std::io::stderr().is_terminal(),
         loader.batches_per_epoch() as u64,
         format!("{} epoch {}", plan.name, state.epoch + 1),
         fer_data::progress::Unit::Items("batches"),
     );
     let vars = opt.vars();
+    let micro = ctx.cfg.data.micro_batches;
     let mut last = LastFinite::default();
-    for batch in loader.epoch(state.epoch) {
+    for (k, batch) in loader.epoch(state.epoch).enumerate() {
+        // This rank's part of the global batch, in `micro` pieces; each piece's gradient is
+        // weighted by its share of the global batch, so the sum is the batch mean's gradient.
         let batch = batch?;
-        let b = batch.len();
-        let out = ctx.model.forward(&batch.images, true)?;
-        let class = out.logits.as_ref().map(|logits| ClassInputs {
-            logits,
-            aux_logits: out.aux_logits.as_ref(),
-            targets: &batch.expression,
-        });
-        let va = Some(VaInputs {
-            valence_pred: &out.valence,
-            arousal_pred: &out.arousal,
-            valence: &batch.valence,
-            arousal: &batch.arousal,
-            mask: &batch.va_mask,
-        });
-        let LossParts {
-            mut total,
-            ce,
-            va: lva,
-            aux,
-            ce_samples,
-            va_samples,
-        } = stage_loss(plan.loss, &ctx.cfg.loss, class, va)?;
-        if args.fault_nan_step == Some(state.step) {
-            total = total.affine(f64::NAN, 0.0)?;
+        let global = loader.whole_batch_len(k) as f64;
+        let mut sums = StepSums::default();
+        let mut grads: Option<GradStore> = None;
+        for p in 0..micro {
+            let range = Part {
+                index: p,
+                count: micro,
+            }
+            .range(batch.len());
+            if range.is_empty() {
+                continue;
+            }
+            let piece = batch.narrow(range.start, range.len())?;
+            let (mut total, parts) = piece_loss(ctx, plan, &piece)?;
+            if args.fault_nan_step == Some(state.step) {
+                total = total.affine(f64::NAN, 0.0)?;
+            }
+            let loss = total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sums.add(&parts, loss, piece.len());
+            let g = total.backward()?;
+            let w = piece.len() as f64 / global;
+            grads = Some(match grads {
+                // The first piece's weight is applied with the rank sum (or on its own).
+                None if micro == 1 => g,
+                None => scaled(g, &vars, w)?,
+                Some(acc) => accumulate(acc, &g, &vars, w)?,
+            });
         }
-        let loss = total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let step_weight = if micro == 1 {
+            batch.len() as f64 / global
+        } else {
+            1.0
+        };
+        let mut grads = match grads {
+            Some(g) => g,
+            None => empty_grads()?,
+        };
+        let sums = sums.summed(world)?;
+        let (loss, ce, lva) = (sums.loss(), mean(sums.ce), mean(sums.va));
         let lr = base_lr * sched.factor(state.step);
+        // Every rank sees the same sums, so all stop together.
         if !loss.is_finite() {
             pb.finish_and_clear();
             return Err(non_finite("loss", loss, plan, state, ce, lva, &last));
         }
-        let mut grads = total.backward()?;
+        world.sum_gradients(&mut grads, &vars, step_weight)?;
         if let Some(max) = ctx.cfg.clip_grad_norm {
             let norm = clip_grad_norm(&mut grads, &vars, max)?;
             if !norm.is_finite() {
@@ -117,22 +191,13 @@ pub(super) fn train_epoch(
             va: lva,
             lr,
         };
-        stats.loss += loss * b as f64;
-        stats.n += b as f64;
-        if let Some(c) = ce {
-            stats.ce.0 += c * ce_samples as f64;
-            stats.ce.1 += ce_samples as f64;
-        }
-        if let Some(v) = lva {
-            stats.va.0 += v * va_samples as f64;
-            stats.va.1 += va_samples as f64;
-        }
-        if let Some(a) = aux {
-            stats.aux.0 += a * ce_samples as f64;
-            stats.aux.1 += ce_samples as f64;
-        }
+        stats.loss += sums.loss;
+        stats.n += sums.n;
+        stats.ce = (stats.ce.0 + sums.ce.0, stats.ce.1 + sums.ce.1);
+        stats.va = (stats.va.0 + sums.va.0, stats.va.1 + sums.va.1);
+        stats.aux = (stats.aux.0 + sums.aux.0, stats.aux.1 + sums.aux.1);
         stats.lr = lr;
-        stats.images += b;
+        stats.images += sums.n as usize;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
         pb.set_message(format!(
             "loss {:.4} lr {:.2e} {:.0} img/s",
@@ -141,9 +206,10 @@ pub(super) fn train_epoch(
             stats.images as f64 / secs
         ));
         pb.inc(1);
-        let done = pb.position() as usize;
+        let done = k + 1;
         let spe = loader.batches_per_epoch();
-        if pb.is_hidden() && done < spe && done.is_multiple_of((spe / 4).max(1)) {
+        if world.is_root() && pb.is_hidden() && done < spe && done.is_multiple_of((spe / 4).max(1))
+        {
             // Plain progress lines when stderr is not a terminal (logs, CI).
             eprintln!(
                 "{} epoch {}: {done}/{spe} batches, loss {:.4}, lr {:.2e}, {:.0} img/s",
@@ -158,6 +224,56 @@ pub(super) fn train_epoch(
     pb.finish_and_clear();
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// The stage's loss on a piece of a batch, and its parts.
+fn piece_loss(ctx: &Ctx, plan: StagePlan, b: &Batch) -> Result<(Tensor, LossParts)> {
+    let out = ctx.model.forward(&b.images, true)?;
+    let class = out.logits.as_ref().map(|logits| ClassInputs {
+        logits,
+        aux_logits: out.aux_logits.as_ref(),
+        targets: &b.expression,
+    });
+    let va = Some(VaInputs {
+        valence_pred: &out.valence,
+        arousal_pred: &out.arousal,
+        valence: &b.valence,
+        arousal: &b.arousal,
+        mask: &b.va_mask,
+    });
+    let parts = stage_loss(plan.loss, &ctx.cfg.loss, class, va)?;
+    Ok((parts.total.clone(), parts))
+}
+
+/// No gradient at all (a rank whose part of a short last batch is empty): candle builds a
+/// store only from a backward pass, here that of a constant, which reaches no variable.
+fn empty_grads() -> Result<GradStore> {
+    Ok(Tensor::zeros((), DType::F32, &candle_core::Device::Cpu)?.backward()?)
+}
+
+/// `g` with every gradient times `w`.
+fn scaled(mut g: GradStore, vars: &[Var], w: f64) -> Result<GradStore> {
+    for v in vars {
+        if let Some(t) = g.remove(v.as_tensor()) {
+            g.insert(v.as_tensor(), t.affine(w, 0.0)?);
+        }
+    }
+    Ok(g)
+}
+
+/// `acc + w * g`, variable by variable (one that has none in `acc` takes `w * g`).
+fn accumulate(mut acc: GradStore, g: &GradStore, vars: &[Var], w: f64) -> Result<GradStore> {
+    for v in vars {
+        if let Some(t) = g.get(v.as_tensor()) {
+            let wt = t.affine(w, 0.0)?;
+            let sum = match acc.remove(v.as_tensor()) {
+                Some(a) => (a + wt)?,
+                None => wt,
+            };
+            acc.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(acc)
 }
 
 fn non_finite(

@@ -12,6 +12,7 @@ mod save;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,13 +23,14 @@ use fer_data::manifest::Manifest;
 use fer_model::{checkpoint, trainable_vars, TwoAttTwoMt};
 
 use crate::config::TrainConfig;
-use crate::evaluate::{evaluate, Evaluation, Tta};
+use crate::evaluate::{evaluate_in, Evaluation, Tta};
 use crate::init::SeededVarMap;
 use crate::optim::Optimizer;
 use crate::plan::{resolve, Labels, StagePlan};
 use crate::run_folder::{self, RunLock};
 use crate::schedule::WarmupCosine;
 use crate::state::TrainState;
+use crate::world::World;
 use crate::{Error, Result};
 use epoch::{log_epoch, record, stage_score, train_epoch};
 pub use save::{best_name, BEST, LAST};
@@ -46,6 +48,8 @@ pub struct TrainArgs {
     pub stop_after_epochs: Option<usize>,
     /// Replace the loss of this step (within a stage) by NaN, to exercise the NaN stop.
     pub fault_nan_step: Option<usize>,
+    /// The ranks of a data-parallel run ([`World::single`] for a plain one).
+    pub world: Rc<World>,
 }
 
 /// How the invocation ended.
@@ -66,8 +70,9 @@ pub struct Finished {
     /// The final model on test, evaluated once after training; `None` without a test split.
     pub test_eval: Option<SplitEval>,
     pub val: Arc<Dataset>,
-    /// Held until the report is written, so no second trainer writes the folder meanwhile.
-    pub lock: RunLock,
+    /// Held until the report is written, so no second trainer writes the folder meanwhile
+    /// (by rank 0, the one that writes; `None` on the other ranks).
+    pub lock: Option<RunLock>,
 }
 
 /// One split's evaluation, single crop and with flip test-time augmentation.
@@ -78,15 +83,16 @@ pub struct SplitEval {
 
 impl SplitEval {
     pub fn run(
-        ctx_model: &TwoAttTwoMt,
+        world: &World,
+        model: &TwoAttTwoMt,
         ds: Arc<Dataset>,
         cfg: &TrainConfig,
         device: &Device,
     ) -> Result<Self> {
         let (b, t) = (cfg.data.eval_batch_size, cfg.data.loader_threads);
         Ok(SplitEval {
-            single: evaluate(ctx_model, ds.clone(), b, t, Tta::None, device)?,
-            flip: evaluate(ctx_model, ds, b, t, Tta::Flip, device)?,
+            single: evaluate_in(world, model, ds.clone(), b, t, Tta::None, device)?,
+            flip: evaluate_in(world, model, ds, b, t, Tta::Flip, device)?,
         })
     }
 }
@@ -102,6 +108,7 @@ struct Ctx {
     device: Device,
     varmap: VarMap,
     model: TwoAttTwoMt,
+    world: Rc<World>,
 }
 
 fn open_split(data: &Path, split: &str) -> Result<Arc<Dataset>> {
@@ -129,10 +136,20 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     } else {
         None
     };
-    let (lock, resuming) = resume::open_run_folder(&args.out, args.resume)?;
+    let world = args.world.clone();
+    // Rank 0 owns the run folder; the others read it once rank 0 has tidied it.
+    let (lock, resuming) = if world.is_root() {
+        let (lock, resuming) = resume::open_run_folder(&args.out, args.resume)?;
+        (Some(lock), resuming)
+    } else {
+        (None, false)
+    };
+    world.barrier()?;
+    let resuming = resuming || (!world.is_root() && args.resume && args.out.join(LAST).is_file());
 
     let (cfg, state, resume_ck) = if resuming {
-        let (cfg, state, ck) = resume::from_last(&args.out, args.config.as_ref(), &args.device)?;
+        let (cfg, state, ck) =
+            resume::from_last(&args.out, args.config.as_ref(), &args.device, &world)?;
         (cfg, state, Some(ck))
     } else {
         let cfg = args.config.clone().unwrap_or_else(TrainConfig::default_cpu);
@@ -159,8 +176,19 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     if test.is_none() {
         notes.push("the dataset has no test split: only validation numbers are reported".into());
     }
-    for n in &notes {
-        eprintln!("note: {n}");
+    if world.size() > 1 {
+        let b = cfg.data.batch_size;
+        notes.push(format!(
+            "data-parallel ({}): global batch {b}, {} to {} images per rank",
+            world.describe(),
+            b / world.size(),
+            b.div_ceil(world.size())
+        ));
+    }
+    if world.is_root() {
+        for n in &notes {
+            eprintln!("note: {n}");
+        }
     }
     if cfg.data.class_weighted && labels.classes {
         let hist: Vec<u64> = train
@@ -190,17 +218,22 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
     } else {
         if let Some(w) = &cfg.backbone_weights {
             let report = fer_model::import::import_torchvision(w, &varmap)?;
-            eprintln!(
-                "backbone weights from {}: {} tensors loaded, {} skipped",
-                w.display(),
-                report.loaded.len(),
-                report.skipped.len()
-            );
+            if world.is_root() {
+                eprintln!(
+                    "backbone weights from {}: {} tensors loaded, {} skipped",
+                    w.display(),
+                    report.loaded.len(),
+                    report.skipped.len()
+                );
+            }
         }
-        let toml = cfg.to_toml()?;
-        fer_data::atomic::write_atomic(&args.out.join(run_folder::CONFIG), toml.as_bytes())
-            .map_err(|e| write_failed(&args.out, e.into()))?;
+        if world.is_root() {
+            let toml = cfg.to_toml()?;
+            fer_data::atomic::write_atomic(&args.out.join(run_folder::CONFIG), toml.as_bytes())
+                .map_err(|e| write_failed(&args.out, e.into()))?;
+        }
     }
+    world.broadcast_weights(&varmap)?;
 
     let mut ctx = Ctx {
         cfg,
@@ -212,6 +245,7 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         device: args.device.clone(),
         varmap,
         model,
+        world,
     };
     let outcome = run_stages(&mut ctx, state, resume_ck.as_ref(), &args)?;
     let state = match outcome {
@@ -221,16 +255,24 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
 
     // The final model is the best of the last stage, chosen on val. Only now, once, is it
     // evaluated on test; nothing reads the result but the report.
-    let best = checkpoint::load(args.out.join(BEST), &ctx.device)?;
-    best.load_into(&ctx.varmap)?;
-    let val_eval = SplitEval::run(&ctx.model, ctx.val.clone(), &ctx.cfg, &ctx.device)?;
+    load_root_checkpoint(&ctx, &args.out.join(BEST))?;
+    let world = &ctx.world;
+    let val_eval = SplitEval::run(world, &ctx.model, ctx.val.clone(), &ctx.cfg, &ctx.device)?;
     let test_eval = match test {
         Some(ds) => {
-            eprintln!(
-                "evaluating the final model on the test split ({} faces)",
-                ds.len()
-            );
-            Some(SplitEval::run(&ctx.model, ds, &ctx.cfg, &ctx.device)?)
+            if world.is_root() {
+                eprintln!(
+                    "evaluating the final model on the test split ({} faces)",
+                    ds.len()
+                );
+            }
+            Some(SplitEval::run(
+                world,
+                &ctx.model,
+                ds,
+                &ctx.cfg,
+                &ctx.device,
+            )?)
         }
         None => None,
     };
@@ -246,6 +288,15 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         val: ctx.val,
         lock,
     })))
+}
+
+/// Rank 0 loads the weights of a checkpoint it wrote and hands them to the other ranks, which
+/// need no view of the run folder for it (nor can they read a file rank 0 is still writing).
+fn load_root_checkpoint(ctx: &Ctx, path: &Path) -> Result<()> {
+    if ctx.world.is_root() {
+        checkpoint::load(path, &ctx.device)?.load_into(&ctx.varmap)?;
+    }
+    ctx.world.broadcast_weights(&ctx.varmap)
 }
 
 /// Returns the final state, or `Err(epochs)` when stopped by `--stop-after-epochs`.
@@ -267,8 +318,7 @@ fn run_stages(
         if state.epoch == 0 && state.stage_index > 0 {
             // A later stage starts from the best weights of the one before.
             let prev = ctx.stages[state.stage_index - 1].name;
-            let ck = checkpoint::load(ctx.out.join(best_name(prev)), &ctx.device)?;
-            ck.load_into(&ctx.varmap)?;
+            load_root_checkpoint(ctx, &ctx.out.join(best_name(prev)))?;
             resume_optim = None;
         }
         let mut opt = Optimizer::new(&ctx.cfg.optimizer, trainable_vars(&ctx.varmap))?;
@@ -289,6 +339,7 @@ fn run_stages(
                 threads: ctx.cfg.data.loader_threads,
                 prefetch: ctx.cfg.data.prefetch,
                 augment: ctx.cfg.data.augment.clone(),
+                part: ctx.world.part(),
             },
             ctx.device.clone(),
         )?;
@@ -306,7 +357,8 @@ fn run_stages(
             let stats = train_epoch(
                 ctx, plan, &loader, &mut opt, &sched, base_lr, &mut state, args,
             )?;
-            if !std::io::stderr().is_terminal() {
+            let root = ctx.world.is_root();
+            if root && !std::io::stderr().is_terminal() {
                 eprintln!(
                     "{} epoch {}: evaluating on val ({} faces)",
                     plan.name,
@@ -314,7 +366,11 @@ fn run_stages(
                     ctx.val.len()
                 );
             }
-            let ev = evaluate(
+            // Each rank's running statistics followed its own batches; evaluation and the
+            // checkpoints below use their mean.
+            ctx.world.average_running_stats(&ctx.varmap)?;
+            let ev = evaluate_in(
+                &ctx.world,
                 &ctx.model,
                 ctx.val.clone(),
                 ctx.cfg.data.eval_batch_size,
@@ -333,19 +389,23 @@ fn run_stages(
             let best = state.end_epoch(score);
             let mut rec = record(plan, &state, &stats, &ev.metrics, score, best, seconds);
             rec.collapse = collapse;
-            log_epoch(&rec, scfg.epochs);
-            if let Some(w) = &rec.collapse {
-                eprintln!("warning: {} epoch {}: {w}", plan.name, rec.epoch);
+            if root {
+                log_epoch(&rec, scfg.epochs);
+                if let Some(w) = &rec.collapse {
+                    eprintln!("warning: {} epoch {}: {w}", plan.name, rec.epoch);
+                }
             }
             state.history.push(rec);
             if let Some(p) = scfg
                 .patience
                 .filter(|&p| state.out_of_patience(p, scfg.epochs))
             {
-                eprintln!(
-                    "{}: no better validation score for {p} epochs: stopping the stage early",
-                    plan.name
-                );
+                if root {
+                    eprintln!(
+                        "{}: no better validation score for {p} epochs: stopping the stage early",
+                        plan.name
+                    );
+                }
                 stop_stage = true;
             }
             let stage_over = stop_stage || state.epoch >= scfg.epochs;
@@ -353,16 +413,20 @@ fn run_stages(
                 save(ctx, &state, plan, &[], &ctx.out.join(best_name(plan.name)))?;
                 save(ctx, &state, plan, &[], &ctx.out.join(BEST))?;
             }
-            write_history(&ctx.out, &state.history)?;
+            if root {
+                write_history(&ctx.out, &state.history)?;
+            }
             if stage_over {
                 // Checkpoint the transition so a resume starts the next stage.
                 state.next_stage();
                 save(ctx, &state, plan, &[], &ctx.out.join(LAST))?;
                 epochs_here += 1;
                 if args.stop_after_epochs.is_some_and(|n| epochs_here >= n) {
-                    eprintln!(
-                        "stopping after {epochs_here} epoch(s) as asked; resume with --resume"
-                    );
+                    if root {
+                        eprintln!(
+                            "stopping after {epochs_here} epoch(s) as asked; resume with --resume"
+                        );
+                    }
                     return Ok(Err(epochs_here));
                 }
                 break;
@@ -376,7 +440,11 @@ fn run_stages(
             }
             epochs_here += 1;
             if args.stop_after_epochs.is_some_and(|n| epochs_here >= n) {
-                eprintln!("stopping after {epochs_here} epoch(s) as asked; resume with --resume");
+                if root {
+                    eprintln!(
+                        "stopping after {epochs_here} epoch(s) as asked; resume with --resume"
+                    );
+                }
                 return Ok(Err(epochs_here));
             }
         }

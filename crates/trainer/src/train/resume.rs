@@ -9,6 +9,7 @@ use super::save::{write_history, LAST};
 use crate::config::TrainConfig;
 use crate::run_folder::{self, Contents, RunLock};
 use crate::state::{keys, TrainState};
+use crate::world::World;
 use crate::{Error, Result};
 
 /// The config, state and checkpoint of the run being resumed from `out`'s last checkpoint.
@@ -16,6 +17,7 @@ pub(super) fn from_last(
     out: &Path,
     given: Option<&TrainConfig>,
     device: &candle_core::Device,
+    world: &World,
 ) -> Result<(TrainConfig, TrainState, Checkpoint)> {
     let last = out.join(LAST);
     let ck = checkpoint::load(&last, device)?;
@@ -32,7 +34,25 @@ pub(super) fn from_last(
     .map_err(|e| Error::Checkpoint(format!("{}: bad training state: {e}", last.display())))?;
     // A kill between the history and the checkpoint leaves the log an epoch ahead: from here on
     // it shows what the checkpoint holds, the epoch to be redone is logged again.
-    write_history(out, &state.history)?;
+    if world.is_root() {
+        write_history(out, &state.history)?;
+        // Batches and their augmentations do not depend on the number of ranks; BatchNorm's
+        // batch statistics do (each rank normalises its own part).
+        let before: usize = ck
+            .meta
+            .get(keys::WORLD_SIZE)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        if before != world.size() {
+            eprintln!(
+                "note: {} was written by {before} rank(s), resumed with {}: the same batches, but \
+                 BatchNorm statistics over parts of another size, so the run will not match an \
+                 uninterrupted one exactly",
+                last.display(),
+                world.size()
+            );
+        }
+    }
     Ok((cfg, state, ck))
 }
 

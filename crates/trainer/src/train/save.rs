@@ -29,6 +29,10 @@ pub(super) fn save(
     optim: &[(String, Tensor)],
     path: &Path,
 ) -> Result<()> {
+    // One writer: rank 0 (every rank holds the same weights and state).
+    if !ctx.world.is_root() {
+        return Ok(());
+    }
     let mut meta = BTreeMap::new();
     let json = |v: &dyn erased::Json| v.to_json();
     meta.insert(keys::STATE.into(), json(state)?);
@@ -48,6 +52,7 @@ pub(super) fn save(
     meta.insert(keys::CLASS_NAMES.into(), json(&ctx.manifest.class_names)?);
     let names: Vec<&str> = ctx.stages.iter().map(|s| s.name).collect();
     meta.insert(keys::STAGES.into(), json(&names)?);
+    meta.insert(keys::WORLD_SIZE.into(), ctx.world.size().to_string());
     checkpoint::save(path, &ctx.varmap, &ctx.cfg.model, optim, &meta)
         .map_err(|e| write_failed(&ctx.out, e.into()))
 }
