@@ -33,7 +33,7 @@ fn time(steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
         step()?;
         t.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(median(t))
+    Ok(median(&mut t).expect("at least one timed step"))
 }
 
 fn main() -> Result<()> {

@@ -64,6 +64,12 @@ pub use projection::position_projection;
 pub use rnn_cell::{gru_cell, lstm_cell};
 pub use support::out::set_poison;
 
+/// The f32 data of candle's CPU storages, for other crates' own custom ops (the optimizer's
+/// in-place updates).
+pub mod storage {
+    pub use crate::support::storage::{slice, slice_mut};
+}
+
 // The README's example is compiled and run with the doctests, so it cannot go stale.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

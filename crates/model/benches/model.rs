@@ -53,7 +53,7 @@ fn time_steps(
         dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
-    Ok(median(times))
+    Ok(median(&mut times).expect("at least one timed step"))
 }
 
 fn run(case: &Case, dev: &Device, steps: usize) -> fer_model::Result<()> {

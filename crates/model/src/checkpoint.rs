@@ -9,7 +9,6 @@ use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use safetensors::SafeTensors;
 
-use crate::atomic::write_atomic;
 use crate::config::ModelConfig;
 use crate::fit::{check_fit, set_vars};
 use crate::model::TwoAttTwoMt;
@@ -66,7 +65,7 @@ pub fn save(
     meta.insert(CONFIG_KEY.to_string(), json);
     let bytes = safetensors::serialize(tensors.iter(), Some(meta))
         .map_err(|e| err(format!("serialising: {e}")))?;
-    write_atomic(path, &bytes)
+    fer_atomic::write(path, &bytes).map_err(|e| Error::io(&e.path, e.source))
 }
 
 /// Detached, contiguous, on the CPU: what the safetensors writer can read without failing.

@@ -41,7 +41,6 @@
 //! # }
 //! ```
 
-mod atomic;
 mod bn;
 pub mod checkpoint;
 mod config;

@@ -17,13 +17,12 @@
 //! ```
 
 mod assets;
-mod bench;
 mod close;
 mod fixture;
 mod grad;
 
 pub use assets::fetched;
-pub use bench::{median, peak_rss_kib};
 pub use close::{assert_all_near, assert_close, assert_near, max_abs_diff, rel_err, Tolerance};
+pub use fer_measure::{median, peak_rss_kib};
 pub use fixture::{check_parity, load_fixture, var_names, varmap_from_fixture, Fixture};
 pub use grad::{check_central_differences, finite_difference_error, weights_without_gradient};

@@ -225,41 +225,17 @@ fn time_steps(steps: usize, dev: &Device, mut f: impl FnMut() -> Result<()>) -> 
     median(&mut secs).ok_or_else(|| Error::Config("the benchmark needs at least one step".into()))
 }
 
-pub fn median(xs: &mut [f64]) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    Some(if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    })
-}
+pub use fer_measure::median;
 
 /// This process's peak resident set size (`VmHWM`), in KiB.
 pub fn peak_rss_kib() -> Result<u64> {
-    let path = std::path::Path::new("/proc/self/status");
-    let status = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_vm_hwm(&status).ok_or_else(|| Error::Data(format!("{}: no VmHWM line", path.display())))
-}
-
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    fer_measure::peak_rss_kib()
+        .ok_or_else(|| Error::Data("/proc/self/status: no VmHWM line (not Linux?)".into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(&mut []), None);
-    }
 
     #[test]
     fn cases_build_the_models_they_name() {
@@ -293,12 +269,5 @@ mod tests {
             assert!(cfg.model.aux_head, "{file}");
             assert_eq!(case.batch, cfg.data.batch_size, "{file}");
         }
-    }
-
-    #[test]
-    fn vm_hwm_is_read_in_kib() {
-        let status = "Name:\txtask\nVmPeak:\t  999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(204800));
-        assert_eq!(parse_vm_hwm("Name:\txtask\n"), None);
     }
 }

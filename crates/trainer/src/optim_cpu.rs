@@ -20,11 +20,9 @@ pub(crate) fn usable(ts: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
+/// A contiguous f32 storage's data, or an error naming the update it was for.
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => bail!("{name}: needs a contiguous f32 tensor"),
-    }
+    fer_kernels::storage::slice(s, l).map_err(|e| e.context(name.to_string()))
 }
 
 fn slice_mut<'a>(
@@ -32,10 +30,7 @@ fn slice_mut<'a>(
     l: &Layout,
     name: &str,
 ) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => bail!("{name}: needs a contiguous f32 tensor"),
-    }
+    fer_kernels::storage::slice_mut(s, l).map_err(|e| e.context(name.to_string()))
 }
 
 fn check_len(name: &str, dst: usize, srcs: &[usize]) -> candle_core::Result<()> {

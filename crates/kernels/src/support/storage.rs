@@ -4,11 +4,22 @@ use candle_core::{CpuStorage, Layout, Result, Shape, Storage, Tensor};
 
 use crate::error::KernelError;
 
-/// The f32 data of a contiguous CPU storage.
-pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU storage (what a candle custom op's `cpu_fwd` receives).
+pub fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => Err(KernelError::Storage("a non-contiguous layout".into()).into()),
+    }
+}
+
+/// The same, writable (what an in-place op's `cpu_fwd` receives).
+pub fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        (CpuStorage::F32(_), None) => {
+            Err(KernelError::Storage("a non-contiguous layout".into()).into())
+        }
+        (_, _) => Err(KernelError::Storage("data that is not f32".into()).into()),
     }
 }
 

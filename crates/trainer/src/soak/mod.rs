@@ -137,11 +137,9 @@ struct Timeline {
     epochs: usize,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2)
-        .copied()
-        .unwrap_or(Duration::from_millis(1))
+fn median(v: Vec<Duration>) -> Duration {
+    let mut secs: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
+    fer_measure::median(&mut secs).map_or(Duration::from_millis(1), Duration::from_secs_f64)
 }
 
 fn timeline(lines: &[(Duration, String)], total: Duration) -> Timeline {
