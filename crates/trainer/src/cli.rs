@@ -180,6 +180,19 @@ pub fn run(cli: Cli) -> Result<()> {
             .num_threads(cli.threads)
             .build_global();
     }
+    let single_process = match &cli.command {
+        None => Some("trainer (the default run)"),
+        Some(Command::Train(_)) => None,
+        Some(Command::Eval(_)) => Some("trainer eval"),
+        Some(Command::Predict(_)) => Some("trainer predict"),
+        Some(Command::GpuCheck(_)) => Some("trainer gpu-check"),
+    };
+    if let (Some(what), Some(n)) = (single_process, launched_ranks()) {
+        return Err(Error::Config(format!(
+            "{what} runs in one process, but a launcher started {n}: each would write the same \
+             outputs. Run it without mpirun (`trainer train` is the data-parallel command)"
+        )));
+    }
     match cli.command {
         None => crate::default_run::run(),
         Some(Command::Train(t)) => run_train(t),
@@ -187,6 +200,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Predict(p)) => run_predict(p),
         Some(Command::GpuCheck(g)) => crate::gpu_check::run(g),
     }
+}
+
+/// The number of processes an MPI launcher started, when more than one.
+fn launched_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .filter(|&n: &usize| n > 1)
 }
 
 fn run_train(t: TrainCmd) -> Result<()> {

@@ -33,7 +33,13 @@ impl World {
     /// The world this process was started in: MPI's under `mpirun` (with the `distributed`
     /// feature), else a world of one. `FER_DIST_TIMEOUT_S` bounds every collective.
     pub fn from_env() -> Result<World> {
-        let comm = fer_dist::from_env().map_err(dist)?;
+        let comm = fer_dist::from_env().map_err(|e| match cfg!(feature = "distributed") {
+            true => dist(e),
+            false => Error::Distributed(format!(
+                "{e}. The trainer's feature is `distributed`: cargo build --release -p trainer \
+                 --features distributed"
+            )),
+        })?;
         Ok(World { comm })
     }
 

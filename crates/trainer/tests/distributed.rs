@@ -272,3 +272,17 @@ fn a_resumed_data_parallel_run_matches_an_uninterrupted_one() {
     assert!(m_full["test"]["accuracy"].is_number());
     assert_eq!(numbers(&cut), (m_full, h_full));
 }
+
+#[test]
+fn single_process_commands_refuse_a_launcher() {
+    let Some(mut mpi) = mpirun() else { return };
+    mpi.arg(env!("CARGO_BIN_EXE_trainer"));
+    mpi.args(["eval", "--checkpoint", "none.safetensors", "--data", "none"]);
+    let out = run(mpi);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("trainer eval runs in one process, but a launcher started 2"),
+        "{stderr}"
+    );
+}
