@@ -51,6 +51,9 @@ pub trait Communicator: Send {
     fn barrier(&self) -> Result<()>;
     /// `"single"`, `"mpi"` or `"nccl"`.
     fn backend(&self) -> &'static str;
+    /// This rank's position among the ranks on its machine (`MPI_COMM_TYPE_SHARED`, found once
+    /// at start-up): the GPU it computes on, as NCCL picks it.
+    fn local_rank(&self) -> usize;
     /// Ends the whole job now, every rank, with exit status `code`.
     ///
     /// Call this instead of returning an error from `main` on one rank: a rank that finalises
@@ -67,6 +70,9 @@ pub trait Communicator: Send {
 impl<C: Communicator + ?Sized> Communicator for Box<C> {
     fn rank(&self) -> usize {
         (**self).rank()
+    }
+    fn local_rank(&self) -> usize {
+        (**self).local_rank()
     }
     fn size(&self) -> usize {
         (**self).size()
@@ -110,7 +116,7 @@ const LAUNCHER_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK
 pub fn from_env() -> Result<Box<dyn Communicator>> {
     let comm = match std::env::var(BACKEND_VAR) {
         Ok(name) => by_name(&name)?,
-        Err(_) => match launcher() {
+        Err(_) => match launch() {
             Some(started_by) => under_launcher(started_by)?,
             None => Box::new(Single),
         },
@@ -141,29 +147,54 @@ fn by_name(name: &str) -> Result<Box<dyn Communicator>> {
 }
 
 #[cfg(feature = "mpi")]
-fn under_launcher(_started_by: (&'static str, String)) -> Result<Box<dyn Communicator>> {
+fn under_launcher(_: Launch) -> Result<Box<dyn Communicator>> {
     Ok(Box::new(Mpi::init()?))
 }
 
 #[cfg(not(feature = "mpi"))]
-fn under_launcher((var, value): (&'static str, String)) -> Result<Box<dyn Communicator>> {
-    // PMIX_RANK gives no size: only a rank other than 0 proves there are several.
-    let several = match var {
-        "PMIX_RANK" => value.trim() != "0",
-        _ => value.trim() != "1",
-    };
-    if several {
-        Err(Error::MpiNotBuilt { var, value })
+fn under_launcher(launch: Launch) -> Result<Box<dyn Communicator>> {
+    if launch.several() {
+        Err(Error::MpiNotBuilt {
+            var: launch.var,
+            value: launch.value,
+        })
     } else {
         Ok(Box::new(Single))
     }
 }
 
-/// The first launcher variable set, with its value.
-fn launcher() -> Option<(&'static str, String)> {
-    LAUNCHER_VARS
-        .iter()
-        .find_map(|&var| std::env::var(var).ok().map(|value| (var, value)))
+/// How an MPI launcher started this process: the first launcher variable set, with its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub var: &'static str,
+    pub value: String,
+}
+
+impl Launch {
+    /// The number of processes started, where the variable tells it (`PMIX_RANK` does not).
+    pub fn processes(&self) -> Option<usize> {
+        match self.var {
+            "PMIX_RANK" => None,
+            _ => self.value.trim().parse().ok(),
+        }
+    }
+
+    /// Whether the launcher started more than this process (for `PMIX_RANK` only a rank other
+    /// than 0 proves it).
+    pub fn several(&self) -> bool {
+        match self.var {
+            "PMIX_RANK" => self.value.trim() != "0",
+            _ => self.value.trim() != "1",
+        }
+    }
+}
+
+/// The launcher that started this process, if an MPI launcher did.
+pub fn launch() -> Option<Launch> {
+    LAUNCHER_VARS.iter().find_map(|&var| {
+        let value = std::env::var(var).ok()?;
+        Some(Launch { var, value })
+    })
 }
 
 fn timeout_from_env() -> Result<Option<Duration>> {

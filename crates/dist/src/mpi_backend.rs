@@ -32,6 +32,7 @@ pub struct Mpi {
     universe: ManuallyDrop<Universe>,
     rank: usize,
     size: usize,
+    local_rank: usize,
     threading: Threading,
 }
 
@@ -63,11 +64,15 @@ impl Mpi {
         check("MPI_Comm_set_errhandler", code)?;
         let rank = usize::try_from(comm.rank()).expect("MPI ranks are non-negative");
         let size = usize::try_from(comm.size()).expect("MPI sizes are positive");
+        // Collective, so found here, where every rank is anyway.
+        let node = comm.split_shared(0);
+        let local_rank = usize::try_from(node.rank()).expect("MPI ranks are non-negative");
         Ok(Self {
             comm: ManuallyDrop::new(comm),
             universe: ManuallyDrop::new(universe),
             rank,
             size,
+            local_rank,
             threading,
         })
     }
@@ -83,10 +88,9 @@ impl Mpi {
     }
 
     /// This rank's index among the ranks on the same node (`MPI_Comm_split_type` with
-    /// `MPI_COMM_TYPE_SHARED`): the index to pick a GPU by. Collective: every rank must call it.
+    /// `MPI_COMM_TYPE_SHARED`, found at [`Mpi::init`]): the index to pick a GPU by.
     pub fn local_rank(&self) -> usize {
-        let node = self.comm.split_shared(0);
-        usize::try_from(node.rank()).expect("MPI ranks are non-negative")
+        self.local_rank
     }
 
     /// In-place broadcast of raw bytes, for sharing ids between ranks.
@@ -157,6 +161,10 @@ impl Communicator for Mpi {
 
     fn backend(&self) -> &'static str {
         "mpi"
+    }
+
+    fn local_rank(&self) -> usize {
+        self.local_rank
     }
 
     fn abort(&self, code: i32) -> ! {

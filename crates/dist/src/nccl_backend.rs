@@ -214,6 +214,10 @@ impl Communicator for Nccl {
         "nccl"
     }
 
+    fn local_rank(&self) -> usize {
+        self.mpi.local_rank()
+    }
+
     fn abort(&self, code: i32) -> ! {
         self.mpi.abort(code)
     }

@@ -30,6 +30,10 @@ impl Communicator for Single {
         "single"
     }
 
+    fn local_rank(&self) -> usize {
+        0
+    }
+
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }

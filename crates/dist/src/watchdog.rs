@@ -188,6 +188,10 @@ impl<C: Communicator> Communicator for Watchdog<C> {
         self.inner().backend()
     }
 
+    fn local_rank(&self) -> usize {
+        self.inner().local_rank()
+    }
+
     fn abort(&self, code: i32) -> ! {
         self.inner().abort(code)
     }

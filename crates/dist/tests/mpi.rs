@@ -108,6 +108,9 @@ fn collectives_give_the_hand_computed_results() {
     for rank in 0..2 {
         let line = format!("rank {rank} of 2 (mpi): all_reduce_sum, broadcast and barrier ok");
         assert!(job.output.contains(&line), "no {line:?} in\n{}", job.output);
+        // Both ranks run on this one machine, so their local ranks are their ranks.
+        let line = format!("rank {rank} of 2 (mpi): local rank {rank}");
+        assert!(job.output.contains(&line), "no {line:?} in\n{}", job.output);
     }
 }
 

@@ -187,11 +187,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Predict(_)) => Some("trainer predict"),
         Some(Command::GpuCheck(_)) => Some("trainer gpu-check"),
     };
-    if let (Some(what), Some(n)) = (single_process, launched_ranks()) {
-        return Err(Error::Config(format!(
-            "{what} runs in one process, but a launcher started {n}: each would write the same \
-             outputs. Run it without mpirun (`trainer train` is the data-parallel command)"
-        )));
+    if let (Some(what), Some(launch)) = (single_process, fer_dist::launch()) {
+        if launch.several() {
+            let n = launch
+                .processes()
+                .map_or("several".into(), |n| n.to_string());
+            return Err(Error::Config(format!(
+                "{what} runs in one process, but a launcher started {n}: each would write the \
+                 same outputs. Run it without mpirun (`trainer train` is the data-parallel command)"
+            )));
+        }
     }
     match cli.command {
         None => crate::default_run::run(),
@@ -200,14 +205,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Predict(p)) => run_predict(p),
         Some(Command::GpuCheck(g)) => crate::gpu_check::run(g),
     }
-}
-
-/// The number of processes an MPI launcher started, when more than one.
-fn launched_ranks() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .filter(|&n: &usize| n > 1)
 }
 
 fn run_train(t: TrainCmd) -> Result<()> {
@@ -241,7 +238,7 @@ fn run_train(t: TrainCmd) -> Result<()> {
         config,
         resume: t.resume,
         // One GPU per rank: the rank's position among the ranks of its machine.
-        device: device_number(t.device, local_rank(&world))?,
+        device: device_number(t.device, world.local_rank())?,
         stop_after_epochs: t.stop_after_epochs,
         fault_nan_step: t.fault_nan_step,
     };
@@ -256,18 +253,6 @@ fn run_train(t: TrainCmd) -> Result<()> {
         Err(e) => return Err(e),
     }
     Ok(())
-}
-
-/// This rank's position among the ranks on its machine, as the MPI launchers tell it.
-fn local_rank(world: &World) -> usize {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-        "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
-    .unwrap_or(world.rank())
 }
 
 /// Trains, then writes metrics.json, the figures and report.md. `None` when stopped early on

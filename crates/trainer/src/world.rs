@@ -51,6 +51,11 @@ impl World {
         self.comm.size()
     }
 
+    /// This rank's position among the ranks on its machine: the GPU it computes on.
+    pub fn local_rank(&self) -> usize {
+        self.comm.local_rank()
+    }
+
     /// Rank 0, the one that writes files and logs.
     pub fn is_root(&self) -> bool {
         self.comm.rank() == 0

@@ -53,6 +53,10 @@ fn main() -> ExitCode {
             say(&format!(
                 "fer-dist-check: {who}: all_reduce_sum, broadcast and barrier ok"
             ));
+            say(&format!(
+                "fer-dist-check: {who}: local rank {}",
+                comm.local_rank()
+            ));
             ExitCode::SUCCESS
         }
         "die-abort" | "die-exit" | "panic" | "stall" | "return-error" => {
