@@ -15,13 +15,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
         return Ok(norm);
     }
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
-    if coef < 1.0 {
-        for v in vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), g.affine(coef, 0.0)?);
-            }
-        }
-    }
+    crate::grads::scale(grads, vars, coef)?;
     Ok(norm)
 }
 

@@ -151,7 +151,6 @@ pub fn evaluate_in(
         ..LoaderConfig::eval(batch_size)
     };
     let loader = Loader::new(dataset, cfg, device.clone())?;
-    let mut acc = MetricsAccumulator::new(k);
     let mut samples = Vec::with_capacity(loader.dataset().len());
     for batch in loader.epoch(0) {
         let batch = batch?;
@@ -168,10 +167,6 @@ pub fn evaluate_in(
             Some(p) => fer_losses::metrics::argmax_rows(p, k)?,
             None => vec![-1; batch.len()],
         };
-        acc.push_va(vp, ap, &vt, &at, &vm)?;
-        if out.scores.is_some() {
-            acc.push_classes(fer_losses::Predictions::Classes(&classes), &targets)?;
-        }
         for i in 0..batch.len() {
             let has_va = vm[i] > 0.5;
             samples.push(SamplePrediction {
@@ -185,13 +180,19 @@ pub fn evaluate_in(
             });
         }
     }
-    if world.size() == 1 {
-        return Ok(Evaluation {
-            metrics: acc.finish(),
-            samples,
-        });
-    }
-    let samples = gather(world, &samples, n)?;
+    let samples = match world.size() {
+        1 => samples,
+        _ => gather(world, &samples, n)?,
+    };
+    Ok(Evaluation {
+        metrics: metrics(&samples, k, model.config().categorical)?,
+        samples,
+    })
+}
+
+/// The metrics of predictions in dataset order (valence/arousal where labelled, classes when
+/// the model has a categorical head).
+fn metrics(samples: &[SamplePrediction], k: usize, categorical: bool) -> Result<Metrics> {
     let mut acc = MetricsAccumulator::new(k);
     let column = |f: fn(&SamplePrediction) -> f32| samples.iter().map(f).collect::<Vec<_>>();
     let (vt, at) = (column(|s| s.true_valence), column(|s| s.true_arousal));
@@ -211,15 +212,12 @@ pub fn evaluate_in(
         &zero_nan(at),
         &vm,
     )?;
-    if model.config().categorical {
+    if categorical {
         let classes: Vec<i64> = samples.iter().map(|s| s.class).collect();
         let targets: Vec<i64> = samples.iter().map(|s| s.true_class).collect();
         acc.push_classes(fer_losses::Predictions::Classes(&classes), &targets)?;
     }
-    Ok(Evaluation {
-        metrics: acc.finish(),
-        samples,
-    })
+    Ok(acc.finish())
 }
 
 /// Every rank's predictions, in dataset order: each rank writes its samples into the rows of a

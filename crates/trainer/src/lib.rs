@@ -30,6 +30,7 @@ pub mod default_run;
 pub mod error;
 pub mod evaluate;
 pub mod gpu_check;
+pub mod grads;
 pub mod init;
 pub mod optim;
 mod optim_cpu;

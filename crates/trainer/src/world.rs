@@ -101,7 +101,7 @@ impl World {
     /// the others.
     pub fn sum_gradients(&self, grads: &mut GradStore, vars: &[Var], weight: f64) -> Result<()> {
         if self.size() == 1 {
-            return scale(grads, vars, weight);
+            return crate::grads::scale(grads, vars, weight);
         }
         let mut present: Vec<f32> = vars
             .iter()
@@ -188,19 +188,6 @@ impl World {
         }
         Ok(())
     }
-}
-
-/// A world of one: the gradients only take their weight.
-fn scale(grads: &mut GradStore, vars: &[Var], weight: f64) -> Result<()> {
-    if weight == 1.0 {
-        return Ok(());
-    }
-    for v in vars {
-        if let Some(g) = grads.remove(v.as_tensor()) {
-            grads.insert(v.as_tensor(), g.affine(weight, 0.0)?);
-        }
-    }
-    Ok(())
 }
 
 fn sorted(varmap: &VarMap) -> Vec<(String, Var)> {

@@ -55,7 +55,7 @@ impl candle_core::CustomOp3 for AttentionFromScores {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        // The CPU runs the fused op with its own GEMM (attention.rs).
+        // The CPU runs the fused op with its own GEMM (cpu.rs).
         cuda_only(self.name())
     }
 

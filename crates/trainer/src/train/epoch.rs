@@ -5,12 +5,13 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use fer_data::loader::{Batch, Loader, Part};
 use fer_losses::{stage_loss, ClassInputs, LossParts, Metrics, VaInputs};
 
 use super::{Ctx, TrainArgs};
 use crate::clip::clip_grad_norm;
+use crate::grads;
 use crate::optim::Optimizer;
 use crate::plan::StagePlan;
 use crate::schedule::WarmupCosine;
@@ -20,13 +21,9 @@ use crate::{Error, Result};
 
 #[derive(Default)]
 pub(super) struct EpochStats {
-    loss: f64,
-    n: f64,
-    ce: (f64, f64),
-    va: (f64, f64),
-    aux: (f64, f64),
+    /// The epoch's loss sums over every rank's samples.
+    sums: StepSums,
     lr: f64,
-    images: usize,
     seconds: f64,
 }
 
@@ -40,8 +37,8 @@ struct LastFinite {
     lr: f64,
 }
 
-/// One step's loss sums over a rank's samples, summed over the ranks in one call: sums and
-/// counts, so that the means are those of the global batch.
+/// Loss sums and sample counts (so that means are those of the global batch): one rank's for a
+/// step, summed over the ranks in one call, then added up over the epoch.
 #[derive(Default, Clone, Copy)]
 struct StepSums {
     loss: f64,
@@ -91,6 +88,14 @@ impl StepSums {
 
     fn loss(&self) -> f64 {
         self.loss / self.n.max(1.0)
+    }
+
+    fn add_sums(&mut self, o: &StepSums) {
+        self.loss += o.loss;
+        self.n += o.n;
+        self.ce = (self.ce.0 + o.ce.0, self.ce.1 + o.ce.1);
+        self.va = (self.va.0 + o.va.0, self.va.1 + o.va.1);
+        self.aux = (self.aux.0 + o.aux.0, self.aux.1 + o.aux.1);
     }
 }
 
@@ -143,10 +148,10 @@ pub(super) fn train_epoch(
             let g = total.backward()?;
             let w = piece.len() as f64 / global;
             grads = Some(match grads {
-                // The first piece's weight is applied with the rank sum (or on its own).
+                // A whole share's weight is applied with the rank sum (or on its own).
                 None if micro == 1 => g,
-                None => scaled(g, &vars, w)?,
-                Some(acc) => accumulate(acc, &g, &vars, w)?,
+                None => grads::accumulate(grads::empty()?, &g, &vars, w)?,
+                Some(acc) => grads::accumulate(acc, &g, &vars, w)?,
             });
         }
         let step_weight = if micro == 1 {
@@ -156,7 +161,7 @@ pub(super) fn train_epoch(
         };
         let mut grads = match grads {
             Some(g) => g,
-            None => empty_grads()?,
+            None => grads::empty()?,
         };
         let sums = sums.summed(world)?;
         let (loss, ce, lva) = (sums.loss(), mean(sums.ce), mean(sums.va));
@@ -191,19 +196,13 @@ pub(super) fn train_epoch(
             va: lva,
             lr,
         };
-        stats.loss += sums.loss;
-        stats.n += sums.n;
-        stats.ce = (stats.ce.0 + sums.ce.0, stats.ce.1 + sums.ce.1);
-        stats.va = (stats.va.0 + sums.va.0, stats.va.1 + sums.va.1);
-        stats.aux = (stats.aux.0 + sums.aux.0, stats.aux.1 + sums.aux.1);
+        stats.sums.add_sums(&sums);
         stats.lr = lr;
-        stats.images += sums.n as usize;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
+        let (epoch_loss, images) = (stats.sums.loss(), stats.sums.n);
         pb.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} img/s",
-            stats.loss / stats.n,
-            lr,
-            stats.images as f64 / secs
+            "loss {epoch_loss:.4} lr {lr:.2e} {:.0} img/s",
+            images / secs
         ));
         pb.inc(1);
         let done = k + 1;
@@ -212,12 +211,10 @@ pub(super) fn train_epoch(
         {
             // Plain progress lines when stderr is not a terminal (logs, CI).
             eprintln!(
-                "{} epoch {}: {done}/{spe} batches, loss {:.4}, lr {:.2e}, {:.0} img/s",
+                "{} epoch {}: {done}/{spe} batches, loss {epoch_loss:.4}, lr {lr:.2e}, {:.0} img/s",
                 plan.name,
                 state.epoch + 1,
-                stats.loss / stats.n,
-                lr,
-                stats.images as f64 / secs
+                images / secs
             );
         }
     }
@@ -243,37 +240,6 @@ fn piece_loss(ctx: &Ctx, plan: StagePlan, b: &Batch) -> Result<(Tensor, LossPart
     });
     let parts = stage_loss(plan.loss, &ctx.cfg.loss, class, va)?;
     Ok((parts.total.clone(), parts))
-}
-
-/// No gradient at all (a rank whose part of a short last batch is empty): candle builds a
-/// store only from a backward pass, here that of a constant, which reaches no variable.
-fn empty_grads() -> Result<GradStore> {
-    Ok(Tensor::zeros((), DType::F32, &candle_core::Device::Cpu)?.backward()?)
-}
-
-/// `g` with every gradient times `w`.
-fn scaled(mut g: GradStore, vars: &[Var], w: f64) -> Result<GradStore> {
-    for v in vars {
-        if let Some(t) = g.remove(v.as_tensor()) {
-            g.insert(v.as_tensor(), t.affine(w, 0.0)?);
-        }
-    }
-    Ok(g)
-}
-
-/// `acc + w * g`, variable by variable (one that has none in `acc` takes `w * g`).
-fn accumulate(mut acc: GradStore, g: &GradStore, vars: &[Var], w: f64) -> Result<GradStore> {
-    for v in vars {
-        if let Some(t) = g.get(v.as_tensor()) {
-            let wt = t.affine(w, 0.0)?;
-            let sum = match acc.remove(v.as_tensor()) {
-                Some(a) => (a + wt)?,
-                None => wt,
-            };
-            acc.insert(v.as_tensor(), sum);
-        }
-    }
-    Ok(acc)
 }
 
 fn non_finite(
@@ -334,10 +300,10 @@ pub(super) fn record(
         epoch: state.epoch,
         step: state.step,
         lr: s.lr,
-        train_loss: s.loss / s.n.max(1.0),
-        train_ce: mean(s.ce),
-        train_va: mean(s.va),
-        train_aux: mean(s.aux),
+        train_loss: s.sums.loss(),
+        train_ce: mean(s.sums.ce),
+        train_va: mean(s.sums.va),
+        train_aux: mean(s.sums.aux),
         val_accuracy: m.accuracy,
         val_macro_f1: m.macro_f1,
         val_valence_ccc: m.valence.as_ref().map(|r| r.ccc),
@@ -352,7 +318,7 @@ pub(super) fn record(
         score,
         best,
         seconds,
-        images_per_second: s.images as f64 / s.seconds.max(1e-9),
+        images_per_second: s.sums.n / s.seconds.max(1e-9),
     }
 }
 

@@ -145,7 +145,11 @@ pub fn train(args: TrainArgs) -> Result<Outcome> {
         (None, false)
     };
     world.barrier()?;
-    let resuming = resuming || (!world.is_root() && args.resume && args.out.join(LAST).is_file());
+    // The other ranks read rank 0's decision from the folder it left: a last checkpoint or none.
+    let resuming = match world.is_root() {
+        true => resuming,
+        false => args.resume && args.out.join(LAST).is_file(),
+    };
 
     let (cfg, state, resume_ck) = if resuming {
         let (cfg, state, ck) =
