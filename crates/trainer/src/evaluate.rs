@@ -24,24 +24,29 @@ pub enum Tta {
     Flip,
 }
 
-/// A batch's predictions on the host: class scores (`[B * K]` row-major, or none without a
-/// categorical head) whose row argmax is the predicted class, valence and arousal.
-struct HostOutput {
-    scores: Option<Vec<f32>>,
-    valence: Vec<f32>,
-    arousal: Vec<f32>,
+/// A batch's predictions on the host.
+pub(crate) struct BatchPrediction {
+    /// Class scores, `[B * K]` row-major (none without a categorical head): single crop the
+    /// logits, or their softmax when probabilities are asked for; with flip TTA the mean of the
+    /// two softmax probabilities. The row argmax is the predicted class either way.
+    pub scores: Option<Vec<f32>>,
+    pub valence: Vec<f32>,
+    pub arousal: Vec<f32>,
+    /// Position attention of each tap for the images as given (not mirrored), `[B, H_l, W_l]`.
+    pub alpha: Vec<Tensor>,
 }
 
-fn host_output(model: &TwoAttTwoMt, x: &Tensor) -> Result<HostOutput> {
+fn host_output(model: &TwoAttTwoMt, x: &Tensor) -> Result<BatchPrediction> {
     let out = model.forward(x, false)?;
     let scores = match &out.logits {
         Some(l) => Some(l.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
         None => None,
     };
-    Ok(HostOutput {
+    Ok(BatchPrediction {
         scores,
         valence: vec_f32(&out.valence)?,
         arousal: vec_f32(&out.arousal)?,
+        alpha: out.alpha,
     })
 }
 
@@ -68,9 +73,15 @@ pub fn mirror(x: &Tensor) -> Result<Tensor> {
     Ok(x.index_select(&idx, 3)?)
 }
 
-/// The model's predictions for a batch of normalised images under `tta`: single crop scores
-/// are the logits; flip scores are the mean of the two softmax probabilities.
-fn predict_batch(model: &TwoAttTwoMt, x: &Tensor, tta: Tta, k: usize) -> Result<HostOutput> {
+/// The model's predictions for a batch of normalised images under `tta` (`k` classes), with
+/// class probabilities rather than logits for a single crop when `probabilities`.
+pub(crate) fn predict_batch(
+    model: &TwoAttTwoMt,
+    x: &Tensor,
+    tta: Tta,
+    k: usize,
+    probabilities: bool,
+) -> Result<BatchPrediction> {
     let mut out = host_output(model, x)?;
     if tta == Tta::Flip {
         let mut m = host_output(model, &mirror(x)?)?;
@@ -86,6 +97,10 @@ fn predict_batch(model: &TwoAttTwoMt, x: &Tensor, tta: Tta, k: usize) -> Result<
         }
         mean(&mut out.valence, &m.valence);
         mean(&mut out.arousal, &m.arousal);
+    } else if probabilities {
+        if let Some(p) = &mut out.scores {
+            softmax_rows(p, k);
+        }
     }
     Ok(out)
 }
@@ -158,7 +173,7 @@ pub fn evaluate_in(
         if batch.is_empty() {
             continue;
         }
-        let out = predict_batch(model, &batch.images, tta, k)?;
+        let out = predict_batch(model, &batch.images, tta, k, false)?;
         let (vp, ap) = (&out.valence, &out.arousal);
         let (vt, at) = (vec_f32(&batch.valence)?, vec_f32(&batch.arousal)?);
         let vm = vec_f32(&batch.va_mask)?;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use fast_image_resize::Resizer;
 use fer_data::crop::FaceBox;
 use fer_data::decode;
@@ -16,7 +16,7 @@ use fer_model::TwoAttTwoMt;
 use serde::Serialize;
 
 use crate::annotate;
-use crate::evaluate::{mirror, Tta};
+use crate::evaluate::{predict_batch, BatchPrediction, Tta};
 use crate::photos::{self, DetectMode, LazyDetector, Photo};
 use crate::plots::{self, AttentionFace};
 use crate::state::keys;
@@ -181,54 +181,15 @@ pub struct PredictSummary {
 
 /// Class probabilities and valence/arousal of a batch of CHW face crops (the mean over the
 /// face and its mirror image with `Tta::Flip`), and the first-level attention maps.
-struct Scores {
-    probs: Option<Vec<Vec<f32>>>,
-    valence: Vec<f32>,
-    arousal: Vec<f32>,
-    alpha: Vec<Tensor>,
-}
-
 fn score_faces(
     model: &TwoAttTwoMt,
     spec: &InputSpec,
     faces: &[&[u8]],
     tta: Tta,
     device: &Device,
-) -> Result<Scores> {
-    let n = faces.len();
-    let x = normalize_images(&faces.concat(), n, spec.size, device)?;
-    let o = model.forward(&x, false)?;
-    let probs_of = |o: &fer_model::ModelOutput| -> Result<Option<Vec<Vec<f32>>>> {
-        Ok(match &o.logits {
-            Some(l) => {
-                Some(candle_nn::ops::softmax(&l.to_dtype(DType::F32)?, 1)?.to_vec2::<f32>()?)
-            }
-            None => None,
-        })
-    };
-    let mut probs = probs_of(&o)?;
-    let (mut v, mut a) = (o.valence.to_vec1::<f32>()?, o.arousal.to_vec1::<f32>()?);
-    if tta == Tta::Flip {
-        let m = model.forward(&mirror(&x)?, false)?;
-        let mean = |x: &mut [f32], y: &[f32]| {
-            for (p, q) in x.iter_mut().zip(y) {
-                *p = 0.5 * (*p + q);
-            }
-        };
-        if let (Some(p), Some(q)) = (&mut probs, probs_of(&m)?) {
-            for (pr, qr) in p.iter_mut().zip(&q) {
-                mean(pr, qr);
-            }
-        }
-        mean(&mut v, &m.valence.to_vec1::<f32>()?);
-        mean(&mut a, &m.arousal.to_vec1::<f32>()?);
-    }
-    Ok(Scores {
-        probs,
-        valence: v,
-        arousal: a,
-        alpha: o.alpha,
-    })
+) -> Result<BatchPrediction> {
+    let x = normalize_images(&faces.concat(), faces.len(), spec.size, device)?;
+    predict_batch(model, &x, tta, model.config().num_classes, true)
 }
 
 /// Predicts every face of every image: one record per face, one "no face found" record per
@@ -310,9 +271,10 @@ pub fn predict(
             for face in faces {
                 let (b, row) = rows.next().expect("one score row per crop");
                 let s = &scores[b].1;
-                let (expression, probabilities) = match &s.probs {
+                let (expression, probabilities) = match &s.scores {
                     Some(p) => {
-                        let r = &p[row];
+                        let k = model.config().num_classes;
+                        let r = &p[row * k..(row + 1) * k];
                         let k = r
                             .iter()
                             .enumerate()
