@@ -43,14 +43,7 @@ pub fn batch_norm_train(
         return Ok((if relu { y.relu()? } else { y }, stats));
     }
     let (b, c, h, w) = x.dims4()?;
-    if gamma.dims() != [c] || beta.dims() != [c] {
-        return Err(KernelError::Affine {
-            channels: c,
-            gamma: gamma.dims().to_vec(),
-            beta: beta.dims().to_vec(),
-        }
-        .into());
-    }
+    check_affine(c, gamma, beta)?;
     let x = x.contiguous()?;
     let dims = Dims { b, c, s: h * w };
     let (mean, var) = with_data(&x, |x| Ok(cpu::stats(dims, x)))?;
@@ -71,6 +64,26 @@ pub fn batch_norm_train(
     Ok((y, stats))
 }
 
+/// That `gamma` and `beta` hold one value per channel of `c`.
+pub(crate) fn check_affine(c: usize, gamma: &Tensor, beta: &Tensor) -> Result<()> {
+    if gamma.dims() != [c] || beta.dims() != [c] {
+        return Err(KernelError::Affine {
+            channels: c,
+            gamma: gamma.dims().to_vec(),
+            beta: beta.dims().to_vec(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `[1, C, 1, ..]` for `x` of any rank >= 2: per-channel values broadcast over the rest.
+fn channel_shape(x: &Tensor) -> Result<Vec<usize>> {
+    let mut shape = vec![1; x.rank()];
+    shape[1] = x.dim(1)?;
+    Ok(shape)
+}
+
 /// The candle twin of [`batch_norm_train`] (without the ReLU).
 fn batch_norm_plain(
     x: &Tensor,
@@ -79,8 +92,7 @@ fn batch_norm_plain(
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
     let c = x.dim(1)?;
-    let mut shape = vec![1; x.rank()];
-    shape[1] = c;
+    let shape = channel_shape(x)?;
     // Channels first, everything else flattened: statistics are per row.
     let xt = x.transpose(0, 1)?.flatten_from(1)?;
     let mean = xt.mean_keepdim(D::Minus1)?;
@@ -165,8 +177,7 @@ fn batch_norm_eval_plain(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    let mut shape = vec![1; x.rank()];
-    shape[1] = x.dim(1)?;
+    let shape = channel_shape(x)?;
     let scale = (gamma / (var + eps)?.sqrt()?)?;
     let shift = (beta - (mean * &scale)?)?;
     x.broadcast_mul(&scale.reshape(shape.as_slice())?)?

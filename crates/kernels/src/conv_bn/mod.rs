@@ -89,14 +89,7 @@ fn fused(
     pool: bool,
 ) -> Result<(Tensor, BatchStats)> {
     let g = crate::conv2d::cpu::geom(x.shape(), w.shape(), stride, padding)?;
-    if gamma.dims() != [g.o] || beta.dims() != [g.o] {
-        return Err(KernelError::Affine {
-            channels: g.o,
-            gamma: gamma.dims().to_vec(),
-            beta: beta.dims().to_vec(),
-        }
-        .into());
-    }
+    crate::batch_norm::check_affine(g.o, gamma, beta)?;
     // Scale and shift travel as one `[2, C]` input (a CustomOp takes three).
     let gb = Tensor::stack(&[gamma, beta], 0)?;
     let stats = Arc::new(OnceLock::new());
