@@ -154,12 +154,12 @@ impl World {
         if self.size() == 1 {
             return Ok(());
         }
-        for (_, var) in sorted(varmap) {
-            let mut buf = var.flatten_all()?.to_vec1::<f32>()?;
-            self.comm.broadcast(&mut buf, 0).map_err(dist)?;
-            var.set(&Tensor::from_vec(buf, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+        let vars: Vec<Var> = sorted(varmap).into_iter().map(|(_, v)| v).collect();
+        let mut buf = flatten(&vars)?;
+        for chunk in buf.chunks_mut(BUCKET) {
+            self.comm.broadcast(chunk, 0).map_err(dist)?;
         }
-        Ok(())
+        set_from(&vars, &buf)
     }
 
     /// Replaces the BatchNorm running statistics by their mean over ranks (each rank's follow
@@ -173,21 +173,33 @@ impl World {
             .filter(|(n, _)| fer_model::is_running_stat(n))
             .map(|(_, v)| v)
             .collect();
-        let mut buf = vec![];
-        for v in &stats {
-            buf.extend(v.flatten_all()?.to_vec1::<f32>()?);
-        }
+        let mut buf = flatten(&stats)?;
         self.sum(&mut buf)?;
         let n = self.size() as f32;
-        let mut at = 0;
-        for v in &stats {
-            let k = v.elem_count();
-            let mean: Vec<f32> = buf[at..at + k].iter().map(|x| x / n).collect();
-            v.set(&Tensor::from_vec(mean, v.shape(), v.device())?.to_dtype(v.dtype())?)?;
-            at += k;
-        }
-        Ok(())
+        buf.iter_mut().for_each(|x| *x /= n);
+        set_from(&stats, &buf)
     }
+}
+
+/// The values of `vars`, end to end.
+fn flatten(vars: &[Var]) -> Result<Vec<f32>> {
+    let mut buf = Vec::with_capacity(vars.iter().map(|v| v.elem_count()).sum());
+    for v in vars {
+        buf.extend(v.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(buf)
+}
+
+/// Sets `vars` from `buf`, laid out as [`flatten`] lays them.
+fn set_from(vars: &[Var], buf: &[f32]) -> Result<()> {
+    let mut at = 0;
+    for v in vars {
+        let n = v.elem_count();
+        let t = Tensor::from_slice(&buf[at..at + n], v.shape(), v.device())?;
+        v.set(&t.to_dtype(v.dtype())?)?;
+        at += n;
+    }
+    Ok(())
 }
 
 fn sorted(varmap: &VarMap) -> Vec<(String, Var)> {
