@@ -287,30 +287,10 @@ fn config_seeds(dir: &Path) {
 
 // --- A tiny ONNX model, encoded by hand from onnx.proto's field numbers. ---
 
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = vec![];
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn field(number: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = varint(number << 3 | 2);
-    out.extend(varint(payload.len() as u64));
-    out.extend(payload);
-    out
-}
+use fer_test_support::protobuf::{len_field as field, varint, varint_field};
 
 fn int_field(number: u64, v: i64) -> Vec<u8> {
-    let mut out = varint(number << 3);
-    out.extend(varint(v as u64));
-    out
+    varint_field(number, v as u64)
 }
 
 fn packed(v: &[i64]) -> Vec<u8> {

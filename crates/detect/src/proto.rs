@@ -424,28 +424,9 @@ impl ModelProto {
 mod tests {
     use super::*;
 
-    /// Encodes a varint the way protobuf does (hand-written, independent of the reader).
-    fn varint_bytes(mut v: u64) -> Vec<u8> {
-        let mut out = vec![];
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn field(number: u32, wire: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = varint_bytes(((number as u64) << 3) | wire as u64);
-        if wire == 2 {
-            out.extend(varint_bytes(payload.len() as u64));
-        }
-        out.extend(payload);
-        out
-    }
+    // The bytes come from an encoder written from protobuf's encoding guide, independent of
+    // the reader.
+    use fer_test_support::protobuf::{len_field, varint as varint_bytes, varint_field};
 
     #[test]
     fn varints_match_the_protobuf_spec_examples() {
@@ -462,14 +443,14 @@ mod tests {
 
     #[test]
     fn float_tensor_from_raw_bytes() {
-        let mut t = field(1, 0, &varint_bytes(2));
-        t.extend(field(1, 0, &varint_bytes(3)));
-        t.extend(field(2, 0, &varint_bytes(1)));
-        t.extend(field(8, 2, b"w"));
+        let mut t = varint_field(1, 2);
+        t.extend(varint_field(1, 3));
+        t.extend(varint_field(2, 1));
+        t.extend(len_field(8, b"w"));
         let raw: Vec<u8> = (0..6)
             .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
             .collect();
-        t.extend(field(9, 2, &raw));
+        t.extend(len_field(9, &raw));
         let got = TensorProto::decode(&t).unwrap();
         assert_eq!(got.name, "w");
         assert_eq!(got.dims, vec![2, 3]);
@@ -485,14 +466,14 @@ mod tests {
             .iter()
             .flat_map(|&v| varint_bytes(v))
             .collect();
-        let mut t = field(1, 0, &varint_bytes(4));
-        t.extend(field(2, 0, &varint_bytes(7)));
-        t.extend(field(7, 2, &packed));
+        let mut t = varint_field(1, 4);
+        t.extend(varint_field(2, 7));
+        t.extend(len_field(7, &packed));
         let got = TensorProto::decode(&t).unwrap();
         assert_eq!(got.data, TensorData::I64(vec![1, 4, 64, 64]));
 
-        let mut a = field(1, 2, b"pads");
-        a.extend(field(8, 2, &packed));
+        let mut a = len_field(1, b"pads");
+        a.extend(len_field(8, &packed));
         let got = Attribute::decode(&a).unwrap();
         assert_eq!(got.value, AttrValue::Ints(vec![1, 4, 64, 64]));
     }
@@ -509,9 +490,9 @@ mod tests {
 
     #[test]
     fn a_tensor_whose_data_disagrees_with_its_dims_is_refused() {
-        let mut t = field(1, 0, &varint_bytes(1_000_000_000_000));
-        t.extend(field(2, 0, &varint_bytes(1)));
-        t.extend(field(9, 2, &[0u8; 8]));
+        let mut t = varint_field(1, 1_000_000_000_000);
+        t.extend(varint_field(2, 1));
+        t.extend(len_field(9, &[0u8; 8]));
         let err = TensorProto::decode(&t).unwrap_err().to_string();
         assert!(
             err.contains("8 raw bytes for 1000000000000 floats"),

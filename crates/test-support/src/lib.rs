@@ -20,6 +20,7 @@ mod assets;
 mod close;
 mod fixture;
 mod grad;
+pub mod protobuf;
 
 pub use assets::fetched;
 pub use close::{assert_all_near, assert_close, assert_near, max_abs_diff, rel_err, Tolerance};
