@@ -255,7 +255,7 @@ fn reference_script() -> PathBuf {
 }
 
 /// Whether `python3` can import torch; says why not when it cannot.
-fn pytorch_available(say: &dyn Fn(String)) -> bool {
+pub(crate) fn pytorch_available(say: &dyn Fn(String)) -> bool {
     let out = Command::new("python3")
         .args(["-c", "import torch"])
         .stdin(Stdio::null())
@@ -296,7 +296,7 @@ fn run_pytorch(case: &Case, steps: u64, threads: usize) -> anyhow::Result<Speed>
 }
 
 /// Runs a command whose last stdout line is a JSON object; its stderr goes to ours.
-fn child_json(mut cmd: Command) -> anyhow::Result<String> {
+pub(crate) fn child_json(mut cmd: Command) -> anyhow::Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())

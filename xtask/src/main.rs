@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench_convs;
 mod bench_predict;
 mod bench_train;
 mod cuda;
@@ -33,6 +34,8 @@ enum Command {
     BenchPrepare(prepare::BenchPrepareArgs),
     /// Benchmark a stage-2 training step and inference (images/second, peak RSS per config).
     BenchTrain(bench_train::BenchTrainArgs),
+    /// Time each conv of a benchmark config's trunk, forward and backward (optionally PyTorch's).
+    BenchConvs(bench_convs::BenchConvsArgs),
     /// Benchmark `trainer predict` on a 640x480 photo with 4 faces (detector, then classifier).
     BenchPredict(bench_predict::BenchPredictArgs),
     /// Assemble a CUDA 13.0 toolchain from NVIDIA's PyPI wheels (default folder .cuda).
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::VerifyData(a) => verify::run(a),
         Command::BenchPrepare(a) => prepare::bench(a),
         Command::BenchTrain(a) => bench_train::run(a),
+        Command::BenchConvs(a) => bench_convs::run(a),
         Command::BenchPredict(a) => bench_predict::run(a),
         Command::CudaToolchain(a) => cuda::toolchain(a),
         Command::BuildCuda(a) => cuda::build(a),

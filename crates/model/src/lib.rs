@@ -56,7 +56,7 @@ pub use config::{BackboneConfig, ModelConfig, Stem, STAGES};
 pub use error::{Error, Result};
 pub use fer_kernels::max_pool_3x3_s2;
 pub use model::{ModelOutput, TwoAttTwoMt};
-pub use resnet::{global_avg_pool, ResNet};
+pub use resnet::{global_avg_pool, ConvShape, ResNet};
 pub use vars::{is_running_stat, trainable_vars};
 
 pub use fer_attention::PositionAttentionConfig;

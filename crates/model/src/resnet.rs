@@ -36,6 +36,51 @@ struct Conv {
     padding: usize,
 }
 
+impl Conv {
+    /// This conv's geometry on `size x size` inputs, named `label`.
+    fn shape(&self, label: String, size: usize) -> ConvShape {
+        let (o, c, k, _) = self.weight.dims4().expect("conv weights are 4-D");
+        ConvShape {
+            label,
+            in_channels: c,
+            out_channels: o,
+            kernel: k,
+            stride: self.stride,
+            padding: self.padding,
+            in_size: size,
+        }
+    }
+}
+
+/// One conv of the trunk as it runs on a given image size: what a per-layer benchmark or a FLOP
+/// count needs. Square inputs and kernels, no groups or dilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// The weight's name without `.weight`, e.g. `layer2.0.downsample.0`.
+    pub label: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// Input height and width.
+    pub in_size: usize,
+}
+
+impl ConvShape {
+    /// Output height and width.
+    pub fn out_size(&self) -> usize {
+        (self.in_size + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Floating-point operations of the forward for `batch` images (a multiply-add is two).
+    pub fn forward_flops(&self, batch: usize) -> f64 {
+        let per_output = self.in_channels * self.kernel * self.kernel;
+        let outputs = self.out_channels * self.out_size() * self.out_size();
+        2.0 * (batch * per_output * outputs) as f64
+    }
+}
+
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         fer_kernels::conv2d(x, &self.weight, self.stride, self.padding)
@@ -144,6 +189,29 @@ impl Block {
         })
     }
 
+    /// The block's convs in execution order on `size x size` inputs, and its output size.
+    fn shapes(&self, prefix: &str, size: usize, out: &mut Vec<ConvShape>) -> usize {
+        let (convs, downsample): (Vec<&ConvBn>, _) = match self {
+            Block::Basic { a, b, downsample } => (vec![a, b], downsample),
+            Block::Bottleneck {
+                a,
+                b,
+                c,
+                downsample,
+            } => (vec![a, b, c], downsample),
+        };
+        let mut s = size;
+        for (i, cb) in convs.iter().enumerate() {
+            let shape = cb.conv.shape(format!("{prefix}.conv{}", i + 1), s);
+            s = shape.out_size();
+            out.push(shape);
+        }
+        if let Some(d) = downsample {
+            out.push(d.conv.shape(format!("{prefix}.downsample.0"), size));
+        }
+        s
+    }
+
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (y, downsample) = match self {
             Block::Basic { a, b, downsample } => {
@@ -247,6 +315,23 @@ impl ResNet {
     /// Channels of each tapped map, in tap order.
     pub fn tap_channels(&self) -> &[usize] {
         &self.tap_channels
+    }
+
+    /// Every conv the trunk runs on `size x size` images, in execution order (a block's
+    /// downsample after its main convs), with torchvision's weight names as labels.
+    pub fn conv_shapes(&self, size: usize) -> Vec<ConvShape> {
+        let stem = self.stem.conv.shape("conv1".into(), size);
+        let mut s = stem.out_size();
+        if self.max_pool {
+            s = s.div_ceil(2);
+        }
+        let mut out = vec![stem];
+        for (i, stage) in self.stages.iter().enumerate() {
+            for (j, block) in stage.iter().enumerate() {
+                s = block.shapes(&format!("layer{}.{j}", i + 1), s, &mut out);
+            }
+        }
+        out
     }
 
     /// `x`: `[B, 3, S, S]`. Returns the tapped maps, shallow to deep. `train` selects batch

@@ -217,3 +217,75 @@ fn parameter_counts_match_torchvision() {
         assert_eq!(n, want, "resnet{depth}");
     }
 }
+
+/// `conv_shapes` lists exactly the conv weights the trunk holds, with their dims, and its size
+/// arithmetic agrees with the maps a forward pass returns.
+#[test]
+fn conv_shapes_list_every_conv_with_its_input_size() {
+    let cases = [
+        (18, 0.5, Stem::Small, 2, 48),
+        (50, 0.25, Stem::Imagenet, 1, 64),
+        (34, 0.25, Stem::Small, 1, 20),
+    ];
+    for (depth, width, stem, stem_stride, size) in cases {
+        let cfg = BackboneConfig {
+            depth,
+            width,
+            stem,
+            stem_stride,
+            taps: vec!["layer3".into(), "layer4".into()],
+        };
+        let (varmap, net) = build(&cfg);
+        let shapes = net.conv_shapes(size);
+        let names = varmap.data().lock().unwrap();
+        let conv_weights = names
+            .iter()
+            .filter(|(k, v)| k.ends_with(".weight") && v.as_tensor().rank() == 4)
+            .count();
+        assert_eq!(shapes.len(), conv_weights, "{cfg:?}");
+        for s in &shapes {
+            let w = names[&format!("{}.weight", s.label)].as_tensor();
+            let (k, c, o) = (s.kernel, s.in_channels, s.out_channels);
+            assert_eq!(w.dims(), &[o, c, k, k], "{}", s.label);
+        }
+        // Each tapped stage ends with its last block's main conv; the forward's maps say how big.
+        let x = Tensor::zeros((1, 3, size, size), DType::F32, &Device::Cpu).unwrap();
+        let maps = net.forward(&x, false).unwrap();
+        for (tap, map) in ["layer3", "layer4"].iter().zip(&maps) {
+            let last = shapes
+                .iter()
+                .rfind(|s| s.label.starts_with(tap) && !s.label.contains("downsample"))
+                .unwrap();
+            assert_eq!(map.dim(2).unwrap(), last.out_size(), "{tap} of {cfg:?}");
+        }
+    }
+    // By hand, the FER-2013 trunk (R18 x0.5, 3x3 stride-2 stem) at 48 px: 20 convs.
+    let cfg = BackboneConfig {
+        depth: 18,
+        width: 0.5,
+        stem: Stem::Small,
+        stem_stride: 2,
+        taps: vec!["layer4".into()],
+    };
+    let shapes = build(&cfg).1.conv_shapes(48);
+    let brief: Vec<(usize, usize, usize, usize, usize)> = shapes
+        .iter()
+        .map(|s| (s.in_channels, s.out_channels, s.kernel, s.stride, s.in_size))
+        .collect();
+    let mut want = vec![(3, 32, 3, 2, 48)];
+    for (c_in, c, size) in [(32, 32, 24), (32, 64, 24), (64, 128, 12), (128, 256, 6)] {
+        let (stride, inner) = if c_in == c { (1, size) } else { (2, size / 2) };
+        want.push((c_in, c, 3, stride, size));
+        want.push((c, c, 3, 1, inner));
+        if stride == 2 {
+            want.push((c_in, c, 1, 2, size));
+        }
+        want.push((c, c, 3, 1, inner));
+        want.push((c, c, 3, 1, inner));
+    }
+    assert_eq!(brief, want);
+    assert_eq!(shapes[5].label, "layer2.0.conv1");
+    assert_eq!(shapes[7].label, "layer2.0.downsample.0");
+    // 32 x 288 multiply-adds for each of 24 x 24 outputs of layer1's first conv, per image.
+    assert_eq!(shapes[1].forward_flops(1), 2.0 * 32.0 * 288.0 * 576.0);
+}
