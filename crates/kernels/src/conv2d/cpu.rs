@@ -96,11 +96,27 @@ struct Plan {
 }
 
 fn plan(g: &Geom) -> Plan {
-    let threads = rayon::current_num_threads().max(1);
+    plan_for(g, rayon::current_num_threads().max(1))
+}
+
+fn plan_for(g: &Geom, threads: usize) -> Plan {
     let by_width = TARGET_COLS.div_ceil(g.n().max(1));
     // Enough blocks to keep every thread busy when the batch allows it.
     let by_threads = g.b.div_ceil(threads);
-    let per_block = by_width.min(by_threads).max(1);
+    let widest = by_width.min(by_threads).max(1);
+    // The threads take blocks in rounds, so a last round with fewer blocks than threads leaves
+    // some idle: 64 images of 6x6 in blocks of 22 are three blocks, two rounds on two threads.
+    // Of the block sizes down to half the widest, take the one that finishes soonest (images
+    // per thread in whole rounds), the widest of those.
+    let span = |per: usize| g.b.div_ceil(per).div_ceil(threads) * per;
+    let per_block = if threads == 1 {
+        widest
+    } else {
+        (widest.div_ceil(2)..=widest)
+            .rev()
+            .min_by_key(|&per| span(per))
+            .unwrap_or(widest)
+    };
     let blocks = g.b.div_ceil(per_block);
     let gemm_threads = if blocks < threads { threads } else { 1 };
     Plan {
@@ -382,5 +398,31 @@ mod tests {
         }
         let big = Geom::new([64, 64, 28, 28], [64, 64, 3, 3], 1, 1).unwrap();
         assert!(!keeps_columns(&big));
+    }
+
+    /// Blocks come in whole rounds of the threads where a narrower block allows it (the
+    /// FER-2013 model's maps at 48 px, batch 64, two threads), and stay at full width where
+    /// they already do or where there is one thread.
+    #[test]
+    fn blocks_fill_whole_rounds_of_threads() {
+        let conv = |c: usize, size: usize| Geom::new([64, c, size, size], [c, c, 3, 3], 1, 1);
+        let split = |g: Option<Geom>, threads: usize| {
+            let p = plan_for(&g.unwrap(), threads);
+            (p.per_block, p.blocks, p.gemm_threads)
+        };
+        // 6x6: 768 columns would be 22 images, three blocks, the third alone in a second round.
+        assert_eq!(split(conv(128, 6), 2), (16, 4, 1));
+        assert_eq!(split(conv(128, 6), 1), (22, 3, 1));
+        // 12x12: 6 images make 11 blocks (6 rounds for 2 threads); 4 make 16 (8 rounds).
+        assert_eq!(split(conv(64, 12), 2), (4, 16, 1));
+        // 24x24 at 2 images and 3x3 at 32 images already split evenly.
+        assert_eq!(split(conv(32, 24), 2), (2, 32, 1));
+        assert_eq!(split(conv(256, 3), 2), (32, 2, 1));
+        // Fewer images than threads: one block each, in turn, each GEMM on every thread.
+        let small = Geom::new([3, 8, 6, 6], [8, 8, 3, 3], 1, 1);
+        assert_eq!(split(small, 4), (1, 3, 4));
+        // A single image gets the threads inside its GEMM.
+        let one = Geom::new([1, 8, 6, 6], [8, 8, 3, 3], 1, 1);
+        assert_eq!(split(one, 2), (1, 1, 2));
     }
 }
