@@ -17,7 +17,9 @@ use fer_model::{ConvShape, ResNet};
 use serde::{Deserialize, Serialize};
 use trainer::bench::{Case, CASES, WARMUP};
 
-use crate::bench_train::{child_json, pytorch_available};
+use crate::bench_train::{
+    child_json, pytorch_available, reference_script, start_like_the_trainer, threads_or_cores,
+};
 
 #[derive(clap::Args)]
 pub struct BenchConvsArgs {
@@ -41,32 +43,13 @@ pub struct BenchConvsArgs {
 /// One distinct conv geometry of the trunk and how often the trunk runs it.
 #[derive(Clone, Debug, Serialize)]
 struct Group {
-    /// The first conv of the trunk with this geometry.
-    label: String,
+    /// The first conv of the trunk with this geometry (its label names it).
+    #[serde(flatten)]
+    shape: ConvShape,
     count: usize,
-    in_channels: usize,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    in_size: usize,
     /// Whether the backward computes the input's gradient (all but the stem, whose input is the
     /// image batch).
     input_grad: bool,
-}
-
-impl Group {
-    fn shape(&self) -> ConvShape {
-        ConvShape {
-            label: self.label.clone(),
-            in_channels: self.in_channels,
-            out_channels: self.out_channels,
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-            in_size: self.in_size,
-        }
-    }
 }
 
 /// Median milliseconds of one conv's forward and backward.
@@ -97,30 +80,17 @@ fn groups(shapes: &[ConvShape]) -> Vec<Group> {
     let mut out: Vec<Group> = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
         let input_grad = i > 0;
-        let same = |g: &Group| g.input_grad == input_grad && g.shape() == relabel(s, &g.label);
+        let same = |g: &Group| g.input_grad == input_grad && g.shape.same_geometry(s);
         match out.iter_mut().find(|g| same(g)) {
             Some(g) => g.count += 1,
             None => out.push(Group {
-                label: s.label.clone(),
+                shape: s.clone(),
                 count: 1,
-                in_channels: s.in_channels,
-                out_channels: s.out_channels,
-                kernel: s.kernel,
-                stride: s.stride,
-                padding: s.padding,
-                in_size: s.in_size,
                 input_grad,
             }),
         }
     }
     out
-}
-
-fn relabel(s: &ConvShape, label: &str) -> ConvShape {
-    ConvShape {
-        label: label.to_string(),
-        ..s.clone()
-    }
 }
 
 fn trunk_shapes(case: &Case) -> anyhow::Result<Vec<ConvShape>> {
@@ -131,20 +101,12 @@ fn trunk_shapes(case: &Case) -> anyhow::Result<Vec<ConvShape>> {
 }
 
 pub fn run(args: BenchConvsArgs) -> anyhow::Result<()> {
-    let threads = match args.threads {
-        Some(t) => t as usize,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let threads = threads_or_cores(args.threads);
     let case = CASES
         .iter()
         .find(|c| c.name == args.config)
         .expect("clap checks the config name");
-    // As the trainer binary does at start-up, so that the figures are the trainer's.
-    trainer::alloc::keep_freed_memory();
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("setting up the rayon thread pool")?;
+    start_like_the_trainer(threads)?;
     let groups = groups(&trunk_shapes(case)?);
     let say = |line: String| {
         if args.json {
@@ -167,9 +129,9 @@ pub fn run(args: BenchConvsArgs) -> anyhow::Result<()> {
     let mut rows = Vec::with_capacity(groups.len());
     for (i, g) in groups.into_iter().enumerate() {
         let ours = time_ours(&g, case.batch, args.steps as usize)
-            .with_context(|| format!("timing {}", g.label))?;
+            .with_context(|| format!("timing {}", g.shape.label))?;
         rows.push(Row {
-            forward_gflop: g.shape().forward_flops(case.batch) / 1e9,
+            forward_gflop: g.shape.forward_flops(case.batch) / 1e9,
             pytorch: torch.as_ref().map(|t| t[i]),
             group: g,
             ours,
@@ -186,7 +148,7 @@ pub fn run(args: BenchConvsArgs) -> anyhow::Result<()> {
 /// Median forward and backward times of `conv_bn_train` (+ ReLU) on random data.
 fn time_ours(g: &Group, batch: usize, steps: usize) -> anyhow::Result<Times> {
     let dev = &Device::Cpu;
-    let s = g.shape();
+    let s = &g.shape;
     let (c, o, k, n) = (s.in_channels, s.out_channels, s.kernel, s.in_size);
     let x = Tensor::randn(0f32, 1.0, (batch, c, n, n), dev)?;
     let x = if g.input_grad {
@@ -236,10 +198,8 @@ fn run_pytorch(
     steps: u64,
     threads: usize,
 ) -> anyhow::Result<Vec<Times>> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/reference/bench/bench_convs.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(script)
+    cmd.arg(reference_script("bench_convs.py"))
         .args(["--shapes-json", &serde_json::to_string(groups)?])
         .args(["--batch", &batch.to_string()])
         .args(["--steps", &steps.to_string()])
@@ -267,18 +227,18 @@ fn print_table(rows: &[Row]) {
     println!();
     let (mut ours_total, mut torch_total) = (0.0, 0.0);
     for r in rows {
-        let g = &r.group;
+        let (g, count) = (&r.group.shape, r.group.count);
         let geom = format!(
             "{}->{} {}x{}/{} @ {}",
             g.in_channels, g.out_channels, g.kernel, g.kernel, g.stride, g.in_size
         );
         print!(
             "{:24} {:>5} {:>20} {:>7.3} {:>9.2} {:>9.2}",
-            g.label, g.count, geom, r.forward_gflop, r.ours.forward_ms, r.ours.backward_ms
+            g.label, count, geom, r.forward_gflop, r.ours.forward_ms, r.ours.backward_ms
         );
-        ours_total += g.count as f64 * r.ours.total();
+        ours_total += count as f64 * r.ours.total();
         if let Some(t) = r.pytorch {
-            torch_total += g.count as f64 * t.total();
+            torch_total += count as f64 * t.total();
             print!(
                 " {:>9.2} {:>9.2} {:>7.2}",
                 t.forward_ms,
@@ -312,7 +272,8 @@ mod tests {
         assert_eq!(counts, [1, 4, 1, 3, 1, 1, 3, 1, 1, 3, 1]);
         assert_eq!(counts.iter().sum::<usize>(), 20);
         assert!(!g[0].input_grad && g[1..].iter().all(|g| g.input_grad));
-        assert_eq!(g[1].label, "layer1.0.conv1");
-        assert_eq!((g[3].in_size, g[3].in_channels, g[3].stride), (12, 64, 1));
+        assert_eq!(g[1].shape.label, "layer1.0.conv1");
+        let s = &g[3].shape;
+        assert_eq!((s.in_size, s.in_channels, s.stride), (12, 64, 1));
     }
 }

@@ -105,10 +105,7 @@ struct Row {
 }
 
 pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
-    let threads = match args.threads {
-        Some(t) => t as usize,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let threads = threads_or_cores(args.threads);
     let cases: Vec<&Case> = CASES
         .iter()
         .filter(|c| args.config == Which::All || Some(c.name) == which_name(args.config))
@@ -117,12 +114,7 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         let [case] = cases[..] else {
             bail!("--child needs one --config (a to e)")
         };
-        // As the trainer binary does at start-up, so that the figures are the trainer's.
-        trainer::alloc::keep_freed_memory();
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .context("setting up the rayon thread pool")?;
+        start_like_the_trainer(threads)?;
         let world = trainer::world::World::from_env()?;
         let speed = measure_in(&world, case, args.steps as usize, &Device::Cpu)?;
         if world.is_root() {
@@ -250,8 +242,29 @@ fn run_ours(case: &Case, args: &BenchTrainArgs, threads: usize) -> anyhow::Resul
     Ok(serde_json::from_str(&out)?)
 }
 
-fn reference_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench/bench_pytorch.py")
+/// `--threads`, or one per core.
+pub(crate) fn threads_or_cores(threads: Option<u64>) -> usize {
+    match threads {
+        Some(t) => t as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// The allocator settings and compute threads the trainer binary starts with, so that what this
+/// process measures is the trainer's.
+pub(crate) fn start_like_the_trainer(threads: usize) -> anyhow::Result<()> {
+    trainer::alloc::keep_freed_memory();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("setting up the rayon thread pool")
+}
+
+/// A PyTorch reference script of `tests/reference/bench/`.
+pub(crate) fn reference_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/reference/bench")
+        .join(name)
 }
 
 /// Whether `python3` can import torch; says why not when it cannot.
@@ -285,7 +298,7 @@ pub(crate) fn pytorch_available(say: &dyn Fn(String)) -> bool {
 fn run_pytorch(case: &Case, steps: u64, threads: usize) -> anyhow::Result<Speed> {
     let model = serde_json::to_string(&case.model())?;
     let mut cmd = Command::new("python3");
-    cmd.arg(reference_script())
+    cmd.arg(reference_script("bench_pytorch.py"))
         .args(["--model-json", &model])
         .args(["--size", &case.size.to_string()])
         .args(["--batch", &case.batch.to_string()])

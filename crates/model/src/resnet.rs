@@ -54,7 +54,7 @@ impl Conv {
 
 /// One conv of the trunk as it runs on a given image size: what a per-layer benchmark or a FLOP
 /// count needs. Square inputs and kernels, no groups or dilation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConvShape {
     /// The weight's name without `.weight`, e.g. `layer2.0.downsample.0`.
     pub label: String,
@@ -68,6 +68,23 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// Whether `other` is the same conv on the same input size, whatever its label.
+    pub fn same_geometry(&self, other: &ConvShape) -> bool {
+        let key = |s: &ConvShape| {
+            let ConvShape {
+                label: _,
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                in_size,
+            } = *s;
+            (in_channels, out_channels, kernel, stride, padding, in_size)
+        };
+        key(self) == key(other)
+    }
+
     /// Output height and width.
     pub fn out_size(&self) -> usize {
         (self.in_size + 2 * self.padding - self.kernel) / self.stride + 1

@@ -286,6 +286,9 @@ fn conv_shapes_list_every_conv_with_its_input_size() {
     assert_eq!(brief, want);
     assert_eq!(shapes[5].label, "layer2.0.conv1");
     assert_eq!(shapes[7].label, "layer2.0.downsample.0");
+    // layer1's four convs are one geometry under four names; the stem is another.
+    assert!(shapes[1..5].iter().all(|s| s.same_geometry(&shapes[1])));
+    assert!(shapes[1].label != shapes[2].label && !shapes[0].same_geometry(&shapes[1]));
     // 32 x 288 multiply-adds for each of 24 x 24 outputs of layer1's first conv, per image.
     assert_eq!(shapes[1].forward_flops(1), 2.0 * 32.0 * 288.0 * 576.0);
 }
