@@ -35,6 +35,10 @@ const CASES: &[Case] = &[
     // Many images of a tiny map: several images share one GEMM block.
     (37, 16, 3, 3, 8, 3, 1, 1),
     (64, 8, 6, 6, 4, 1, 2, 0),
+    // Stride-1 3x3 convs of 10x10 maps and up with channels in eights: the direct kernels on
+    // CPUs with AVX-512 (im2col + GEMM elsewhere).
+    (3, 8, 12, 11, 16, 3, 1, 1),
+    (5, 16, 24, 24, 8, 3, 1, 1),
 ];
 
 #[test]
@@ -80,6 +84,7 @@ fn gradients_match_finite_differences() {
         (1, 2, 5, 5, 3, 3, 1, 1),
         (3, 4, 4, 4, 2, 1, 2, 0),
         (5, 2, 4, 5, 3, 3, 2, 0),
+        (2, 8, 10, 10, 8, 3, 1, 1),
     ] {
         let x = Var::from_tensor(&randn(&mut rng, &[b, c, h, w])).unwrap();
         let wt = Var::from_tensor(&randn(&mut rng, &[o, c, k, k])).unwrap();

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::direct;
 use crate::error::KernelError;
 use crate::support::im2col::{col2im, im2col, scratch, Geom};
 use crate::support::matmul::{gemm, Mat};
@@ -60,15 +61,12 @@ impl CustomOp2 for Conv2d {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = geom(x.shape(), w.shape(), self.stride, self.padding)?;
+        // The stem's input is the image batch, which nothing upstream differentiates.
+        let want_dx = x.track_op();
         let (dx, dw) = with_data(dy, |dy| {
-            // The stem's input is the image batch, which nothing upstream differentiates.
-            let dx = if x.track_op() {
-                Some(with_data(w, |w| Ok(input_grad(&g, dy, w)))?)
-            } else {
-                None
-            };
-            let dw = with_data(x, |x| Ok(weight_grad(&g, x, dy, None)))?;
-            Ok((dx, dw))
+            with_data(x, |x| {
+                with_data(w, |w| Ok(backward(&g, x, dy, w, want_dx, None)))
+            })
         })?;
         let dx = dx
             .map(|dx| Tensor::from_vec(dx, x.shape(), &Device::Cpu))
@@ -100,29 +98,35 @@ fn plan(g: &Geom) -> Plan {
 }
 
 fn plan_for(g: &Geom, threads: usize) -> Plan {
-    let by_width = TARGET_COLS.div_ceil(g.n().max(1));
-    // Enough blocks to keep every thread busy when the batch allows it.
-    let by_threads = g.b.div_ceil(threads);
-    let widest = by_width.min(by_threads).max(1);
-    // The threads take blocks in rounds, so a last round with fewer blocks than threads leaves
-    // some idle: 64 images of 6x6 in blocks of 22 are three blocks, two rounds on two threads.
-    // Of the block sizes down to half the widest, take the one that finishes soonest (images
-    // per thread in whole rounds), the widest of those.
-    let span = |per: usize| g.b.div_ceil(per).div_ceil(threads) * per;
-    let per_block = if threads == 1 {
-        widest
-    } else {
-        (widest.div_ceil(2)..=widest)
-            .rev()
-            .min_by_key(|&per| span(per))
-            .unwrap_or(widest)
-    };
+    let per_block = block_size(g.b, g.n(), threads);
     let blocks = g.b.div_ceil(per_block);
     let gemm_threads = if blocks < threads { threads } else { 1 };
     Plan {
         per_block,
         blocks,
         gemm_threads,
+    }
+}
+
+/// Images per block for `images` images of `cols` columns each on `threads` threads.
+pub(crate) fn block_size(images: usize, cols: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let by_width = TARGET_COLS.div_ceil(cols.max(1));
+    // Enough blocks to keep every thread busy when the batch allows it.
+    let by_threads = images.div_ceil(threads);
+    let widest = by_width.min(by_threads).max(1);
+    // The threads take blocks in rounds, so a last round with fewer blocks than threads leaves
+    // some idle: 64 images of 6x6 in blocks of 22 are three blocks, two rounds on two threads.
+    // Of the block sizes down to half the widest, take the one that finishes soonest (images
+    // per thread in whole rounds), the widest of those.
+    let span = |per: usize| images.div_ceil(per).div_ceil(threads) * per;
+    if threads == 1 {
+        widest
+    } else {
+        (widest.div_ceil(2)..=widest)
+            .rev()
+            .min_by_key(|&per| span(per))
+            .unwrap_or(widest)
     }
 }
 
@@ -214,15 +218,24 @@ fn images_to_side(g: &Geom, nb: usize, images: &[f32], side: &mut [f32]) {
     }
 }
 
-/// `y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, KH, KW])`.
+/// `y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, KH, KW])`: the direct kernels where they
+/// apply, else im2col + GEMM.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if direct::applies(g) {
+        return direct::forward(g, x, w);
+    }
+    im2col_forward(g, x, w)
+}
+
+/// [`forward`] as im2col + GEMM, whatever the shape.
+pub(crate) fn im2col_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     forward_into(g, x, w, None)
 }
 
 /// [`forward`], also returning the column matrices when they are small enough to keep
 /// ([`KEEP_COLS`]), for [`weight_grad`] to reuse instead of rebuilding them.
 pub(crate) fn forward_keeping(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
-    if !keeps_columns(g) {
+    if direct::applies(g) || !keeps_columns(g) {
         return (forward(g, x, w), None);
     }
     let mut cols = crate::support::out::uninit(g.k() * g.n() * g.b);
@@ -280,6 +293,23 @@ fn with_dy_block<R>(
         images_to_side(g, nb, dy, block);
         f(block)
     })
+}
+
+/// The input gradient (when `want_dx`) and the weight gradient of [`forward`] from `dy`, with
+/// the column matrices `kept` by [`forward_keeping`] when there are any.
+pub(crate) fn backward(
+    g: &Geom,
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    want_dx: bool,
+    kept: Option<&[f32]>,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    if direct::applies(g) {
+        return direct::backward(g, x, dy, w, want_dx);
+    }
+    let dx = want_dx.then(|| input_grad(g, dy, w));
+    (dx, weight_grad(g, x, dy, kept))
 }
 
 /// `dx [B, C, H, W]` from `dy [B, O, Ho, Wo]`: `dcol = w^T dy`, then col2im.

@@ -3,6 +3,8 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod direct;
 
 use candle_core::{Result, Tensor};
 

@@ -138,8 +138,7 @@ impl CustomOp3 for ConvBnTrain {
                             ))
                         })
                     })?;
-                    let dx = track_x.then(|| conv::input_grad(&g, &dy, w));
-                    let dw = conv::weight_grad(&g, x, &dy, saved.cols.as_deref());
+                    let (dx, dw) = conv::backward(&g, x, &dy, w, track_x, saved.cols.as_deref());
                     Ok((dx, dw, [dgamma, dbeta].concat()))
                 })
             })

@@ -1,0 +1,427 @@
+//! Stride-1 3x3 convs with padding 1, computed straight from zero-padded planes.
+//!
+//! im2col + GEMM writes every input value nine times into a column matrix, which the GEMM then
+//! copies again into its packed panels; on 12-24 px maps those copies cost about half of what
+//! the GEMM itself does. Here each channel of a block of images is copied once, into one tall
+//! zero-padded plane of row stride `wp = W + 2` (see [`Tall`]), and outputs are computed at
+//! padded positions: tap `(ki, kj)` of position `q` is `plane[q + ki * wp + kj]`, so a vector
+//! of sixteen positions is one unaligned load from the plane. The padding positions are computed
+//! and dropped: 13 % more work at 24 px, 26 % at 12, 56 % at 6.
+//!
+//! The input gradient is the same conv of the padded output gradient with the kernels flipped
+//! and transposed; the weight gradient is dot products of output-gradient rows with shifted
+//! windows of the input planes. The padded output gradient serves both: read from one row and
+//! one column in, it is the output gradient at every position, zero at the dropped ones.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::support::im2col::{scratch, Geom};
+use crate::support::out::uninit;
+
+/// Whether `g` runs here: a 3x3 stride-1 conv with padding 1 on maps of at least
+/// [`MIN_POSITIONS`], whose channel counts fill whole blocks of eight up to [`MAX_CHANNELS`],
+/// on a CPU with AVX-512F.
+pub(crate) fn applies(g: &Geom) -> bool {
+    let shape = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1;
+    let sized =
+        g.h * g.w >= MIN_POSITIONS && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && g.b > 0;
+    let narrow = g.c.max(g.o) <= MAX_CHANNELS;
+    shape && sized && narrow && has_avx512()
+}
+
+/// Below this many positions per map (10x10) the dropped border positions (56 % more work at
+/// 6x6) cost more than im2col's copies save: at 6x6 the backward measured ~1.5x slower.
+const MIN_POSITIONS: usize = 100;
+
+/// Above this many channels the backward's passes over every channel's planes for each block of
+/// outputs stop fitting the caches: at 256 channels it measured slower than im2col + GEMM.
+const MAX_CHANNELS: usize = 128;
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Floats per vector of the kernels.
+const LANES: usize = 16;
+
+/// A block of `n` images of one channel as one tall zero-padded plane: a zero row, then each
+/// image's rows (one zero column either side) followed by a zero row that is also the next
+/// image's top border. Position `q = j * s + oy * wp + ox` (image `j`) sits at `origin + q`, and
+/// tap `(ki, kj)` of it at `q + ki * wp + kj`, so one loop runs over all positions of the block;
+/// the extra row and two columns per image are computed and dropped.
+#[derive(Clone, Copy, Debug)]
+struct Tall {
+    h: usize,
+    w: usize,
+    n: usize,
+    /// Row stride.
+    wp: usize,
+    /// Positions per image.
+    s: usize,
+    /// Positions of the block, rounded up to whole vectors.
+    q: usize,
+    /// Floats per tall plane: every window a kernel reads stays inside its own plane.
+    ls: usize,
+}
+
+impl Tall {
+    fn new(h: usize, w: usize, n: usize) -> Self {
+        let wp = w + 2;
+        let s = (h + 1) * wp;
+        let q = (n * s).next_multiple_of(LANES);
+        Self {
+            h,
+            w,
+            n,
+            wp,
+            s,
+            q,
+            ls: (q + 2 * wp + 2).next_multiple_of(LANES),
+        }
+    }
+
+    /// Offset of tap `t = ki * 3 + kj` from a position.
+    fn tap(&self, t: usize) -> usize {
+        (t / 3) * self.wp + t % 3
+    }
+
+    /// Offset of image 0's `(y, x) = (0, 0)` in a tall plane.
+    fn origin(&self) -> usize {
+        self.wp + 1
+    }
+
+    /// The taps of `planes` input planes, plane-major: the `k`-th row of a packed weight panel.
+    fn offsets(&self, planes: usize) -> Vec<usize> {
+        (0..planes * 9)
+            .map(|k| (k / 9) * self.ls + self.tap(k % 9))
+            .collect()
+    }
+
+    /// Writes `src` (`[n, planes, h, w]`) into `dst` (`planes` tall planes of `ls`).
+    fn pad(&self, src: &[f32], planes: usize, dst: &mut [f32]) {
+        let hw = self.h * self.w;
+        dst[..planes * self.ls].fill(0.0);
+        for (j, image) in src.chunks_exact(planes * hw).take(self.n).enumerate() {
+            for (c, plane) in image.chunks_exact(hw).enumerate() {
+                let base = c * self.ls + self.origin() + j * self.s;
+                for (y, row) in plane.chunks_exact(self.w).enumerate() {
+                    let start = base + y * self.wp;
+                    dst[start..start + self.w].copy_from_slice(row);
+                }
+            }
+        }
+    }
+
+    /// Writes the in-image positions of `src` (`planes` rows of `q` positions) into `dst`
+    /// (`[n, planes, h, w]`).
+    fn unpad(&self, src: &[f32], planes: usize, dst: &mut [f32]) {
+        let hw = self.h * self.w;
+        for (j, image) in dst.chunks_exact_mut(planes * hw).take(self.n).enumerate() {
+            for (c, plane) in image.chunks_exact_mut(hw).enumerate() {
+                let base = c * self.q + j * self.s;
+                for (y, row) in plane.chunks_exact_mut(self.w).enumerate() {
+                    let start = base + y * self.wp;
+                    row.copy_from_slice(&src[start..start + self.w]);
+                }
+            }
+        }
+    }
+}
+
+/// Weights `[O, C, 3, 3]` as panels of eight output channels: `[O / 8, C * 9, 8]`.
+fn pack(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let k = c * 9;
+    let mut out = uninit(o * k);
+    for (ob, panel) in out.chunks_exact_mut(k * 8).enumerate() {
+        for (kk, row) in panel.chunks_exact_mut(8).enumerate() {
+            for (r, v) in row.iter_mut().enumerate() {
+                *v = w[(ob * 8 + r) * k + kk];
+            }
+        }
+    }
+    out
+}
+
+/// The input gradient's kernels, `w'[c, o, t] = w[o, c, 8 - t]` (flipped and transposed), as
+/// panels of eight of its output channels (the conv's inputs): `[C / 8, O * 9, 8]`.
+fn pack_flipped(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let k = o * 9;
+    let mut out = uninit(c * k);
+    for (cb, panel) in out.chunks_exact_mut(k * 8).enumerate() {
+        for (kk, row) in panel.chunks_exact_mut(8).enumerate() {
+            let (oo, t) = (kk / 9, kk % 9);
+            for (r, v) in row.iter_mut().enumerate() {
+                *v = w[(oo * c + cb * 8 + r) * 9 + 8 - t];
+            }
+        }
+    }
+    out
+}
+
+/// `out` (`outs` rows of `q`) = the conv of tall planes `xp` with `packed` panels whose rows
+/// read the taps at `offs`.
+fn conv_planes(t: &Tall, packed: &[f32], offs: &[usize], outs: usize, xp: &[f32], out: &mut [f32]) {
+    let k = offs.len();
+    let reach = offs.iter().max().map_or(0, |m| m + t.q);
+    assert!(
+        outs.is_multiple_of(8) && packed.len() >= outs * k,
+        "weight panels too short"
+    );
+    assert!(
+        xp.len() >= reach && out.len() >= outs * t.q,
+        "planes too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    for (ob, rows) in out.chunks_exact_mut(8 * t.q).take(outs / 8).enumerate() {
+        let w = packed[ob * k * 8..].as_ptr();
+        let (x, dst) = (xp.as_ptr(), rows.as_mut_ptr());
+        let mut p0 = 0;
+        while p0 < t.q {
+            let nv = ((t.q - p0) / LANES).min(3);
+            // SAFETY: AVX-512F was detected (`applies`); the asserts above keep every read at
+            // `offs[k] + p0 + i < reach <= xp.len()` and every write at
+            // `r * q + p0 + i < 8 * q` (rows of this panel), `p0 + 16 * nv <= q`.
+            unsafe {
+                match nv {
+                    3 => avx512::forward_block::<3>(w, x, offs, p0, dst, t.q),
+                    2 => avx512::forward_block::<2>(w, x, offs, p0, dst, t.q),
+                    _ => avx512::forward_block::<1>(w, x, offs, p0, dst, t.q),
+                }
+            }
+            p0 += nv * LANES;
+        }
+    }
+}
+
+thread_local! {
+    static IN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static GRAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Images per block: blocks in whole rounds of the threads, wide enough to amortise a call.
+fn per_block(g: &Geom) -> usize {
+    let s = (g.h + 1) * (g.w + 2);
+    crate::conv2d::cpu::block_size(g.b, s, rayon::current_num_threads())
+}
+
+/// `y [B, O, H, W] = conv(x [B, C, H, W], w [O, C, 3, 3])`, stride 1, padding 1.
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let nb = per_block(g);
+    let packed = pack(w, g.o, g.c);
+    let offs = Tall::new(g.h, g.w, nb).offsets(g.c);
+    let (il, on) = (g.image_len(), g.o * g.n());
+    let mut y = uninit(g.b * on);
+    y.par_chunks_mut(nb * on).enumerate().for_each(|(i, yb)| {
+        let n = yb.len() / on;
+        // The last block may be shorter: its planes are shorter too.
+        let t = Tall::new(g.h, g.w, n);
+        let offs = if n == nb {
+            Cow::Borrowed(&offs)
+        } else {
+            Cow::Owned(t.offsets(g.c))
+        };
+        scratch(&IN, g.c * t.ls, |xp| {
+            t.pad(&x[i * nb * il..(i * nb + n) * il], g.c, xp);
+            scratch(&OUT, g.o * t.q, |out| {
+                conv_planes(&t, &packed, &offs, g.o, xp, out);
+                t.unpad(out, g.o, yb);
+            });
+        });
+    });
+    y
+}
+
+/// The input gradient (when `want_dx`) and the weight gradient of [`forward`] from `dy`, in one
+/// pass over blocks of images.
+pub(crate) fn backward(
+    g: &Geom,
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let nb = per_block(g);
+    let blocks = g.b.div_ceil(nb);
+    // Each thread takes a run of consecutive blocks and sums their weight gradients into one
+    // buffer: a buffer per block (and their sum) cost ~1 ms a conv at 28 px, 64 channels.
+    let per_group = blocks.div_ceil(rayon::current_num_threads().clamp(1, blocks.max(1)));
+    let flipped = want_dx.then(|| pack_flipped(w, g.o, g.c));
+    let (il, on) = (g.image_len(), g.o * g.n());
+    let group = |gi: usize, mut dxg: Option<&mut [f32]>| {
+        let mut dw = vec![0.0; g.o * g.k()];
+        let first_block = gi * per_group;
+        for bi in first_block..(first_block + per_group).min(blocks) {
+            let first = bi * nb;
+            let n = nb.min(g.b - first);
+            let t = Tall::new(g.h, g.w, n);
+            scratch(&GRAD, g.o * t.ls, |dyp| {
+                t.pad(&dy[first * on..(first + n) * on], g.o, dyp);
+                if let (Some(dxg), Some(packed)) = (dxg.as_deref_mut(), &flipped) {
+                    let dxb = &mut dxg[(bi - first_block) * nb * il..][..n * il];
+                    scratch(&OUT, g.c * t.q, |out| {
+                        conv_planes(&t, packed, &t.offsets(g.o), g.c, dyp, out);
+                        t.unpad(out, g.c, dxb);
+                    });
+                }
+                scratch(&IN, g.c * t.ls, |xp| {
+                    t.pad(&x[first * il..(first + n) * il], g.c, xp);
+                    weight_grad_block(g, &t, dyp, xp, &mut dw);
+                });
+            });
+        }
+        dw
+    };
+    let groups = blocks.div_ceil(per_group);
+    let (dx, partials): (Option<Vec<f32>>, Vec<Vec<f32>>) = if want_dx {
+        let mut dx = uninit(g.b * il);
+        let partials = dx
+            .par_chunks_mut(per_group * nb * il)
+            .enumerate()
+            .map(|(gi, dxg)| group(gi, Some(dxg)))
+            .collect();
+        (Some(dx), partials)
+    } else {
+        let partials = (0..groups)
+            .into_par_iter()
+            .map(|gi| group(gi, None))
+            .collect();
+        (None, partials)
+    };
+    // Summed in group order: the result depends on the thread count, not on timing.
+    let mut parts = partials.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; g.o * g.k()]);
+    for part in parts {
+        for (d, s) in dw.iter_mut().zip(&part) {
+            *d += *s;
+        }
+    }
+    (dx, dw)
+}
+
+/// Adds to `dw [O, C, 3, 3]` the weight gradient of one block from its tall output gradients
+/// `dyp` (`O` planes) and inputs `xp` (`C` planes).
+fn weight_grad_block(g: &Geom, t: &Tall, dyp: &[f32], xp: &[f32], dw: &mut [f32]) {
+    assert!(
+        dyp.len() >= g.o * t.ls && xp.len() >= g.c * t.ls,
+        "planes too short"
+    );
+    assert!(dw.len() >= g.o * g.k(), "weight gradient too short");
+    for c in 0..g.c {
+        let mut o = 0;
+        while o < g.o {
+            let mo = (g.o - o).min(3);
+            let rows = |m: usize| ((o + m) * g.c + c) * 9;
+            let mut add = |sums: &[[f32; 9]]| {
+                for (m, s) in sums.iter().enumerate() {
+                    for (d, v) in dw[rows(m)..rows(m) + 9].iter_mut().zip(s) {
+                        *d += *v;
+                    }
+                }
+            };
+            let dy = dyp[o * t.ls + t.origin()..].as_ptr();
+            let x = xp[c * t.ls..].as_ptr();
+            let vecs = t.q / LANES;
+            // SAFETY: AVX-512F was detected (`applies`). Output-gradient row `o + m` is read at
+            // `(o + m) * ls + origin + p` and input plane `c` at `c * ls + tap + p`, `p < q`;
+            // `origin` and every tap are at most `2 * wp + 2` and `ls >= q + 2 * wp + 2`, so
+            // each read stays in its own plane, inside the lengths asserted above.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                match mo {
+                    3 => {
+                        let mut s = [[0.0; 9]; 3];
+                        avx512::weight_block::<3>(dy, t.ls, x, t.wp, vecs, &mut s);
+                        add(&s);
+                    }
+                    2 => {
+                        let mut s = [[0.0; 9]; 2];
+                        avx512::weight_block::<2>(dy, t.ls, x, t.wp, vecs, &mut s);
+                        add(&s);
+                    }
+                    _ => {
+                        let mut s = [[0.0; 9]; 1];
+                        avx512::weight_block::<1>(dy, t.ls, x, t.wp, vecs, &mut s);
+                        add(&s);
+                    }
+                }
+            }
+            o += mo;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv2d::cpu;
+
+    fn vals(n: usize, k: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * k).sin()).collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 2e-5 * scale, "{what}[{i}]: {a} vs {b}");
+        }
+    }
+
+    /// The direct kernels give what im2col + GEMM gives (forward, both gradients), on maps
+    /// from 1x1 to wider than three vectors a row, odd and even, square or not, channel counts
+    /// that leave one or two output channels for the weight gradient's last block, and batches
+    /// of one block up to several blocks a thread.
+    #[test]
+    fn matches_im2col_and_gemm() {
+        if !has_avx512() {
+            eprintln!("no AVX-512F on this CPU: the direct conv is not used here");
+            return;
+        }
+        // Nine 24x24 images make blocks of two, so each thread sums several blocks and the
+        // last block is short.
+        for (b, c, o, h, w) in [
+            (9, 8, 8, 24, 24),
+            (3, 8, 8, 24, 24),
+            (2, 16, 8, 12, 12),
+            (5, 8, 16, 6, 6),
+            (4, 8, 32, 3, 3),
+            (1, 8, 8, 1, 1),
+            (3, 24, 40, 7, 5),
+            (2, 8, 16, 5, 31),
+        ] {
+            let g = Geom::new([b, c, h, w], [o, c, 3, 3], 1, 1).unwrap();
+            let gated = h * w >= MIN_POSITIONS && c.max(o) <= MAX_CHANNELS;
+            assert_eq!(applies(&g), gated, "{b}x{c}x{h}x{w}");
+            let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
+            let dy = vals(g.b * g.o * g.n(), 0.23);
+            let what = format!("{b}x{c}x{h}x{w} -> {o}");
+            assert_close(
+                &forward(&g, &x, &wt),
+                &cpu::im2col_forward(&g, &x, &wt),
+                &what,
+            );
+            let (dx, dw) = backward(&g, &x, &dy, &wt, true);
+            let want_dx = cpu::input_grad(&g, &dy, &wt);
+            assert_close(&dx.unwrap(), &want_dx, &format!("dx {what}"));
+            let want_dw = cpu::weight_grad(&g, &x, &dy, None);
+            assert_close(&dw, &want_dw, &format!("dw {what}"));
+            let (none, dw2) = backward(&g, &x, &dy, &wt, false);
+            assert!(none.is_none());
+            assert_eq!(dw, dw2, "dw without dx {what}");
+        }
+    }
+}
