@@ -108,10 +108,16 @@ fn plan_for(g: &Geom, threads: usize) -> Plan {
     }
 }
 
-/// Images per block for `images` images of `cols` columns each on `threads` threads.
-pub(crate) fn block_size(images: usize, cols: usize, threads: usize) -> usize {
+/// Images per block for `images` images of `cols` columns each on `threads` threads, aiming at
+/// [`TARGET_COLS`] columns a block.
+fn block_size(images: usize, cols: usize, threads: usize) -> usize {
+    block_size_for(images, cols, threads, TARGET_COLS)
+}
+
+/// [`block_size`] aiming at `target` columns a block.
+pub(crate) fn block_size_for(images: usize, cols: usize, threads: usize, target: usize) -> usize {
     let threads = threads.max(1);
-    let by_width = TARGET_COLS.div_ceil(cols.max(1));
+    let by_width = target.div_ceil(cols.max(1));
     // Enough blocks to keep every thread busy when the batch allows it.
     let by_threads = images.div_ceil(threads);
     let widest = by_width.min(by_threads).max(1);
