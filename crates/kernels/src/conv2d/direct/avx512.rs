@@ -15,7 +15,8 @@ pub(super) const MR: usize = 8;
 pub(super) const LANES: usize = 16;
 
 /// `out[r][p0 + i] = sum_k w[k][r] * x[offs[k] + p0 + i]` for `r < 8`, `i < 16 * NV`:
-/// eight output rows (`ld` apart) of a conv over padded planes whose taps sit at `offs`.
+/// eight output rows (`ld` apart) of a conv over padded planes whose taps sit at `offs`; added
+/// to what `out` holds when `accumulate`.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `w` holds `offs.len() * 8` floats; `x` is readable at
@@ -29,8 +30,17 @@ pub(super) unsafe fn forward_block<const NV: usize>(
     p0: usize,
     out: *mut f32,
     ld: usize,
+    accumulate: bool,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let src = out.add(r * ld + p0);
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(src.add(LANES * v));
+            }
+        }
+    }
     let x = x.add(p0);
     for (k, &off) in offs.iter().enumerate() {
         let src = x.add(off);
