@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::direct;
+use super::direct::{self, lanes};
 use crate::error::KernelError;
 use crate::support::im2col::{col2im, im2col, scratch, Geom};
 use crate::support::matmul::{gemm, Mat};
@@ -230,6 +230,9 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     if direct::applies(g) {
         return direct::forward(g, x, w);
     }
+    if lanes::applies(g) {
+        return lanes::forward(g, x, w);
+    }
     im2col_forward(g, x, w)
 }
 
@@ -241,7 +244,7 @@ pub(crate) fn im2col_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// [`forward`], also returning the column matrices when they are small enough to keep
 /// ([`KEEP_COLS`]), for [`weight_grad`] to reuse instead of rebuilding them.
 pub(crate) fn forward_keeping(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
-    if direct::applies(g) || !keeps_columns(g) {
+    if direct::applies(g) || lanes::applies(g) || !keeps_columns(g) {
         return (forward(g, x, w), None);
     }
     let mut cols = crate::support::out::uninit(g.k() * g.n() * g.b);
@@ -313,6 +316,9 @@ pub(crate) fn backward(
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     if direct::applies(g) {
         return direct::backward(g, x, dy, w, want_dx);
+    }
+    if lanes::applies(g) {
+        return lanes::backward(g, x, dy, w, want_dx);
     }
     let dx = want_dx.then(|| input_grad(g, dy, w));
     (dx, weight_grad(g, x, dy, kept))

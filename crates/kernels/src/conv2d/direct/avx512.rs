@@ -14,20 +14,19 @@ pub(super) const MR: usize = 8;
 /// Floats per vector.
 pub(super) const LANES: usize = 16;
 
-/// `out[r][p0 + i] = sum_k w[k][r] * x[offs[k] + p0 + i]` for `r < 8`, `i < 16 * NV`:
-/// eight output rows (`ld` apart) of a conv over padded planes whose taps sit at `offs`; added
-/// to what `out` holds when `accumulate`.
+/// `out[r * ld + i] (+)= sum_k w[k][r] * x[offs[k] + i]` for `r < 8`, `i < 16 * NV`: eight
+/// output rows (`ld` apart) of a conv over padded planes whose taps sit at `offs` from `x`;
+/// added to what `out` holds when `accumulate`.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `w` holds `offs.len() * 8` floats; `x` is readable at
-/// `offs[k] + p0 .. offs[k] + p0 + 16 * NV` for every `k`; `out` is writable at
-/// `r * ld + p0 .. r * ld + p0 + 16 * NV` for `r < 8`.
+/// `offs[k] .. offs[k] + 16 * NV` for every `k`; `out` is writable (and readable, when
+/// `accumulate`) at `r * ld .. r * ld + 16 * NV` for `r < 8`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn forward_block<const NV: usize>(
     w: *const f32,
     x: *const f32,
     offs: &[usize],
-    p0: usize,
     out: *mut f32,
     ld: usize,
     accumulate: bool,
@@ -35,13 +34,12 @@ pub(super) unsafe fn forward_block<const NV: usize>(
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     if accumulate {
         for (r, acc) in acc.iter_mut().enumerate() {
-            let src = out.add(r * ld + p0);
+            let src = out.add(r * ld);
             for (v, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_loadu_ps(src.add(LANES * v));
             }
         }
     }
-    let x = x.add(p0);
     for (k, &off) in offs.iter().enumerate() {
         let src = x.add(off);
         let mut xv = [_mm512_setzero_ps(); NV];
@@ -57,10 +55,30 @@ pub(super) unsafe fn forward_block<const NV: usize>(
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        let dst = out.add(r * ld + p0);
+        let dst = out.add(r * ld);
         for (v, a) in acc.iter().enumerate() {
             _mm512_storeu_ps(dst.add(LANES * v), *a);
         }
+    }
+}
+
+/// [`forward_block`] for `nv` (1 to 3) vectors of positions.
+///
+/// # Safety
+/// As [`forward_block`] with `NV = nv`.
+pub(super) unsafe fn forward_block_nv(
+    nv: usize,
+    w: *const f32,
+    x: *const f32,
+    offs: &[usize],
+    out: *mut f32,
+    ld: usize,
+    accumulate: bool,
+) {
+    match nv {
+        3 => forward_block::<3>(w, x, offs, out, ld, accumulate),
+        2 => forward_block::<2>(w, x, offs, out, ld, accumulate),
+        _ => forward_block::<1>(w, x, offs, out, ld, accumulate),
     }
 }
 
@@ -98,6 +116,62 @@ pub(super) unsafe fn weight_block<const MO: usize>(
             }
         }
     }
+    finish(&acc, dw);
+}
+
+/// Adds to `dw[m][ki * 3 + kj]` the sum over groups `j < groups`, positions `(oy, ox)` of a
+/// `h x w` map and lanes `l` of `dy[m * dy_ld + j * step + ((oy + 1) * wp + ox + 1) * 16 + l] *
+/// x[j * step + ((oy + ki) * wp + ox + kj) * 16 + l]`: [`weight_block`] over padded planes
+/// that hold one position of sixteen images per vector, `step` apart per sixteen images.
+///
+/// # Safety
+/// The CPU has AVX-512F; every address named above is readable.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn lanes_weight_block<const MO: usize>(
+    dy: *const f32,
+    dy_ld: usize,
+    x: *const f32,
+    step: usize,
+    groups: usize,
+    (h, w, wp): (usize, usize, usize),
+    dw: &mut [[f32; 9]; MO],
+) {
+    let mut acc: [[__m512; 9]; MO] = [[_mm512_setzero_ps(); 9]; MO];
+    let row = wp * LANES;
+    for j in 0..groups {
+        let (dy, x) = (dy.add(j * step), x.add(j * step));
+        for oy in 0..h {
+            let xr = x.add(oy * row);
+            let rows = [xr, xr.add(row), xr.add(2 * row)];
+            let dyr = dy.add((oy + 1) * row + LANES);
+            for ox in 0..w {
+                let p = ox * LANES;
+                let mut d = [_mm512_setzero_ps(); MO];
+                for (m, d) in d.iter_mut().enumerate() {
+                    *d = _mm512_loadu_ps(dyr.add(m * dy_ld + p));
+                }
+                for (ki, row) in rows.iter().enumerate() {
+                    for kj in 0..3 {
+                        let xv = _mm512_loadu_ps(row.add(p + kj * LANES));
+                        for (acc, d) in acc.iter_mut().zip(&d) {
+                            acc[ki * 3 + kj] = _mm512_fmadd_ps(*d, xv, acc[ki * 3 + kj]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    finish(&acc, dw);
+}
+
+/// Adds the lane sums of the accumulators to `dw`.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn finish<const MO: usize>(acc: &[[__m512; 9]; MO], dw: &mut [[f32; 9]; MO]) {
     // Stored first and reduced from memory: reducing the registers straight after the loop
     // made the allocator spill the accumulators inside it.
     let mut lanes = [[0f32; LANES]; 32];

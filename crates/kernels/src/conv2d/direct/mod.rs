@@ -15,6 +15,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub(crate) mod lanes;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -37,7 +38,7 @@ pub(crate) fn applies(g: &Geom) -> bool {
 /// 6x6) cost more than im2col's copies save: at 6x6 the backward measured ~1.5x slower.
 const MIN_POSITIONS: usize = 100;
 
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -198,18 +199,14 @@ fn conv_planes(
             let nv = ((q - p0) / LANES).min(3);
             for (ob, rows) in out.chunks_exact_mut(8 * q).take(outs / 8).enumerate() {
                 let w = packed[(ob * k + k0) * 8..].as_ptr();
-                let (x, dst) = (src.as_ptr(), rows.as_mut_ptr());
                 let acc = k0 > 0;
                 // SAFETY: AVX-512F was detected by the caller; the asserts above keep every
                 // read at `offs[k] + p0 + i < reach <= src.len()` and every write at
                 // `r * q + p0 + i < 8 * q` (rows of this panel), `p0 + 16 * nv <= q`; the
                 // panel's rows `k0..k0 + kc` are `kc * 8` floats from `w`.
                 unsafe {
-                    match nv {
-                        3 => avx512::forward_block::<3>(w, x, offs, p0, dst, q, acc),
-                        2 => avx512::forward_block::<2>(w, x, offs, p0, dst, q, acc),
-                        _ => avx512::forward_block::<1>(w, x, offs, p0, dst, q, acc),
-                    }
+                    let (x, dst) = (src.as_ptr().add(p0), rows.as_mut_ptr().add(p0));
+                    avx512::forward_block_nv(nv, w, x, offs, dst, q, acc);
                 }
             }
             p0 += nv * LANES;
@@ -388,11 +385,11 @@ fn weight_grad_block(g: &Geom, t: &Tall, dyp: &[f32], xp: &[f32], dw: &mut [f32]
 mod tests {
     use super::*;
 
-    fn vals(n: usize, k: f32) -> Vec<f32> {
+    pub(super) fn vals(n: usize, k: f32) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * k).sin()).collect()
     }
 
-    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    pub(super) fn assert_close(got: &[f32], want: &[f64], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
         let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
@@ -405,7 +402,7 @@ mod tests {
 
     /// The conv, its input gradient and its weight gradient by their definitions, in f64:
     /// `y[b, o, i, j] = sum w[o, c, ki, kj] * x[b, c, i + ki - 1, j + kj - 1]` (zero outside).
-    fn reference(g: &Geom, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
+    pub(super) fn reference(g: &Geom, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
         let (mut y, mut dx, mut dw) = (
             vec![0.0; g.b * g.o * g.n()],
             vec![0.0; g.b * g.image_len()],

@@ -1,0 +1,340 @@
+//! Stride-1 3x3 convs on small maps, sixteen images to a vector.
+//!
+//! The tall planes of the parent module compute every border position they hold: 56 % more
+//! work at 6x6 and almost three times the work at 3x3. Here a vector holds one position of
+//! sixteen images, so only the map's own positions are computed, with the same kernels: the
+//! planes are interleaved on the way in and out, one copy each where im2col makes nine.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{avx512, has_avx512, pack, pack_flipped, KC, LANES};
+use crate::support::im2col::{scratch, Geom};
+use crate::support::out::uninit;
+
+/// Whether `g` runs here: a 3x3 stride-1 conv with padding 1, a batch in whole sixteens and
+/// channel counts in whole eights, on a CPU with AVX-512F.
+pub(crate) fn applies(g: &Geom) -> bool {
+    let shape = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1;
+    let sized = g.b > 0 && g.b.is_multiple_of(LANES);
+    shape && sized && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && has_avx512()
+}
+
+/// The layout of sixteen images' zero-padded `h x w` planes, a position's sixteen values
+/// side by side.
+#[derive(Clone, Copy, Debug)]
+struct Lanes {
+    h: usize,
+    w: usize,
+    /// Row stride in positions.
+    wp: usize,
+    /// Floats per padded plane.
+    plane: usize,
+    /// Floats per output plane (the map's own positions only).
+    out: usize,
+}
+
+impl Lanes {
+    fn new(h: usize, w: usize) -> Self {
+        let wp = w + 2;
+        Self {
+            h,
+            w,
+            wp,
+            plane: (h + 2) * wp * LANES,
+            out: h * w * LANES,
+        }
+    }
+
+    /// Offsets of the taps of `planes` input planes `stride` apart, plane-major.
+    fn offsets(&self, planes: usize, stride: usize) -> Vec<usize> {
+        (0..planes * 9)
+            .map(|k| (k / 9) * stride + ((k % 9 / 3) * self.wp + k % 3) * LANES)
+            .collect()
+    }
+
+    /// Writes sixteen images `src` (`[16, planes, h, w]`) into `dst` (`planes` padded planes).
+    fn interleave(&self, src: &[f32], planes: usize, dst: &mut [f32]) {
+        for (c, plane) in dst.chunks_exact_mut(self.plane).take(planes).enumerate() {
+            self.interleave_plane(src, planes, c, plane);
+        }
+    }
+
+    /// Writes channel `c` of sixteen images `src` (`[16, planes, h, w]`) into the padded plane
+    /// `dst`.
+    fn interleave_plane(&self, src: &[f32], planes: usize, c: usize, dst: &mut [f32]) {
+        let hw = self.h * self.w;
+        dst[..self.plane].fill(0.0);
+        for j in 0..LANES {
+            let image = &src[(j * planes + c) * hw..(j * planes + c + 1) * hw];
+            for (y, row) in image.chunks_exact(self.w).enumerate() {
+                let start = ((y + 1) * self.wp + 1) * LANES + j;
+                for (d, v) in dst[start..].iter_mut().step_by(LANES).zip(row) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+
+    /// All `groups` sixteens of images `src` (`[16 * groups, planes, h, w]`) as padded planes
+    /// `[planes, groups]`: a channel's planes side by side, for one pass over every image. The
+    /// planes start at the returned offset, on a cache line.
+    fn interleave_all(&self, src: &[f32], planes: usize, groups: usize) -> (Vec<f32>, usize) {
+        let per_group = LANES * planes * self.h * self.w;
+        let len = planes * groups * self.plane;
+        let mut buf = uninit(len + LANES);
+        let start = line_start(&buf);
+        buf[start..start + len]
+            .par_chunks_mut(groups * self.plane)
+            .enumerate()
+            .for_each(|(c, channel)| {
+                for (j, plane) in channel.chunks_exact_mut(self.plane).enumerate() {
+                    let images = &src[j * per_group..(j + 1) * per_group];
+                    self.interleave_plane(images, planes, c, plane);
+                }
+            });
+        (buf, start)
+    }
+
+    /// Writes `src` (`planes` output planes) into sixteen images `dst` (`[16, planes, h, w]`).
+    fn deinterleave(&self, src: &[f32], planes: usize, dst: &mut [f32]) {
+        let hw = self.h * self.w;
+        for (c, plane) in src.chunks_exact(self.out).take(planes).enumerate() {
+            for j in 0..LANES {
+                let image = &mut dst[(j * planes + c) * hw..(j * planes + c + 1) * hw];
+                for (d, v) in image.iter_mut().zip(plane[j..].iter().step_by(LANES)) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+
+    /// Runs of up to three positions along each row: (input position, output position, run).
+    fn runs(&self) -> Vec<(usize, usize, usize)> {
+        let mut runs = Vec::new();
+        for y in 0..self.h {
+            let mut x = 0;
+            while x < self.w {
+                let n = (self.w - x).min(3);
+                runs.push((y * self.wp + x, y * self.w + x, n));
+                x += n;
+            }
+        }
+        runs
+    }
+}
+
+/// Where the first cache line of `buf` starts, in floats: a vector of sixteen floats loaded
+/// from there on a multiple of sixteen never straddles two lines.
+fn line_start(buf: &[f32]) -> usize {
+    buf.as_ptr().align_offset(64).min(LANES)
+}
+
+/// Runs `f` on `len` floats of scratch buffer `key` that start on a cache line.
+fn aligned_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    scratch(key, len + LANES, |buf| {
+        let start = line_start(buf);
+        f(&mut buf[start..start + len])
+    })
+}
+
+/// `out` (`outs` output planes) = the conv of padded planes `src` with `packed` panels whose
+/// rows read the taps at `offs`.
+fn conv(l: &Lanes, packed: &[f32], offs: &[usize], outs: usize, src: &[f32], out: &mut [f32]) {
+    let k = offs.len();
+    // Runs end inside their rows: a tap reads at most `(h - 1) * wp + w` positions on.
+    let span = (l.h.saturating_sub(1) * l.wp + l.w) * LANES;
+    let reach = offs.iter().max().map_or(0, |m| m + span);
+    assert!(
+        outs.is_multiple_of(8) && packed.len() >= outs * k,
+        "weight panels too short"
+    );
+    assert!(
+        src.len() >= reach && out.len() >= outs * l.out,
+        "planes too short"
+    );
+    let runs = l.runs();
+    #[cfg(target_arch = "x86_64")]
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let offs = &offs[k0..k0 + kc];
+        for &(ip, op, n) in &runs {
+            for (ob, rows) in out.chunks_exact_mut(8 * l.out).take(outs / 8).enumerate() {
+                let w = packed[(ob * k + k0) * 8..].as_ptr();
+                // SAFETY: AVX-512F was detected (`applies`). A run's reads end before
+                // `offs[k] + (ip + n) * 16 <= offs[k] + span <= reach` (a run ends inside its
+                // row: `ip + n <= (h - 1) * wp + w`), its writes before
+                // `r * out + (op + n) * 16 <= 8 * out` for the panel's rows `r < 8`.
+                unsafe {
+                    let x = src.as_ptr().add(ip * LANES);
+                    let dst = rows.as_mut_ptr().add(op * LANES);
+                    avx512::forward_block_nv(n, w, x, offs, dst, l.out, k0 > 0);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static IN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `y [B, O, H, W] = conv(x [B, C, H, W], w [O, C, 3, 3])`, stride 1, padding 1.
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let l = Lanes::new(g.h, g.w);
+    let (packed, offs) = (pack(w, g.o, g.c), l.offsets(g.c, l.plane));
+    let (il, on) = (g.image_len(), g.o * g.n());
+    let mut y = uninit(g.b * on);
+    y.par_chunks_mut(LANES * on)
+        .enumerate()
+        .for_each(|(i, yb)| {
+            scratch(&IN, g.c * l.plane, |xp| {
+                l.interleave(&x[i * LANES * il..(i + 1) * LANES * il], g.c, xp);
+                scratch(&OUT, g.o * l.out, |out| {
+                    conv(&l, &packed, &offs, g.o, xp, out);
+                    l.deinterleave(out, g.o, yb);
+                });
+            });
+        });
+    y
+}
+
+/// The input gradient (when `want_dx`) and the weight gradient of [`forward`] from `dy`.
+///
+/// Every image is interleaved once; the input gradient then runs per sixteen images, the
+/// weight gradient per input channel over all images at once: at 3x3 maps a call per sixteen
+/// images would spend more on summing its accumulators than on its products.
+pub(crate) fn backward(
+    g: &Geom,
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let l = Lanes::new(g.h, g.w);
+    let groups = g.b / LANES;
+    let step = groups * l.plane;
+    let (dy_buf, dy_start) = l.interleave_all(dy, g.o, groups);
+    let dyp = &dy_buf[dy_start..];
+    let dx = want_dx.then(|| {
+        let (packed, offs) = (pack_flipped(w, g.o, g.c), l.offsets(g.o, step));
+        let il = g.image_len();
+        let mut dx = uninit(g.b * il);
+        dx.par_chunks_mut(LANES * il)
+            .enumerate()
+            .for_each(|(j, dxg)| {
+                aligned_scratch(&OUT, g.c * l.out, |out| {
+                    conv(&l, &packed, &offs, g.c, &dyp[j * l.plane..], out);
+                    l.deinterleave(out, g.c, dxg);
+                });
+            });
+        dx
+    });
+    let (x_buf, x_start) = l.interleave_all(x, g.c, groups);
+    let xp = &x_buf[x_start..];
+    // One input channel a task: `[C, O, 9]`, transposed into `[O, C, 9]` below.
+    let per_channel: Vec<Vec<f32>> = (0..g.c)
+        .into_par_iter()
+        .map(|c| weight_grad(g, &l, dyp, &xp[c * step..(c + 1) * step], groups))
+        .collect();
+    let mut dw = uninit(g.o * g.k());
+    for (c, sums) in per_channel.iter().enumerate() {
+        for (o, s) in sums.chunks_exact(9).enumerate() {
+            dw[(o * g.c + c) * 9..(o * g.c + c + 1) * 9].copy_from_slice(s);
+        }
+    }
+    (dx, dw)
+}
+
+/// The weight gradient `[O, 9]` of one input channel over every image, from the padded output
+/// gradients `dyp` (`[O, groups]` planes) and that channel's padded inputs `xp` (`groups`
+/// planes).
+fn weight_grad(g: &Geom, l: &Lanes, dyp: &[f32], xp: &[f32], groups: usize) -> Vec<f32> {
+    let step = groups * l.plane;
+    assert!(
+        dyp.len() >= g.o * step && xp.len() >= step,
+        "planes too short"
+    );
+    let mut dw = vec![0.0; g.o * 9];
+    let mut o = 0;
+    while o < g.o {
+        let mo = (g.o - o).min(3);
+        let dy = dyp[o * step..].as_ptr();
+        let (x, map) = (xp.as_ptr(), (l.h, l.w, l.wp));
+        let sums = &mut dw[o * 9..(o + mo) * 9];
+        // SAFETY: AVX-512F was detected (`applies`). Output-gradient plane `(o + m, j)` is
+        // read at `(o + m) * step + j * plane + ((oy + 1) * wp + ox + 1) * 16 + lane` and the
+        // input plane `j` at `j * plane + ((oy + ki) * wp + ox + kj) * 16 + lane`, `oy < h`,
+        // `ox < w`, `ki, kj <= 2`: both under `(h + 2) * wp * 16 = plane` within their plane,
+        // inside the lengths asserted above.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            match mo {
+                3 => {
+                    let mut s = [[0.0; 9]; 3];
+                    avx512::lanes_weight_block::<3>(dy, step, x, l.plane, groups, map, &mut s);
+                    sums.copy_from_slice(s.as_flattened());
+                }
+                2 => {
+                    let mut s = [[0.0; 9]; 2];
+                    avx512::lanes_weight_block::<2>(dy, step, x, l.plane, groups, map, &mut s);
+                    sums.copy_from_slice(s.as_flattened());
+                }
+                _ => {
+                    let mut s = [[0.0; 9]; 1];
+                    avx512::lanes_weight_block::<1>(dy, step, x, l.plane, groups, map, &mut s);
+                    sums.copy_from_slice(s.as_flattened());
+                }
+            }
+        }
+        o += mo;
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv2d::direct::tests::{assert_close, reference, vals};
+
+    /// Sixteen images to a vector against the definition (forward, both gradients): maps from
+    /// 1x1 to wider than three positions a row, square or not; one group of sixteen images or
+    /// several a thread; more taps than one block of [`KC`].
+    #[test]
+    fn matches_the_definition() {
+        if !has_avx512() {
+            eprintln!("no AVX-512F on this CPU: the direct conv is not used here");
+            return;
+        }
+        for (b, c, o, h, w) in [
+            (16, 8, 8, 6, 6),
+            (48, 8, 16, 3, 3),
+            (16, 16, 8, 7, 5),
+            (16, 8, 8, 1, 1),
+            (32, 40, 24, 4, 4),
+            (16, 8, 32, 2, 11),
+        ] {
+            let g = Geom::new([b, c, h, w], [o, c, 3, 3], 1, 1).unwrap();
+            assert!(applies(&g));
+            let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
+            let dy = vals(g.b * g.o * g.n(), 0.23);
+            let [want_y, want_dx, want_dw] = reference(&g, &x, &wt, &dy);
+            let what = format!("{b}x{c}x{h}x{w} -> {o}");
+            assert_close(&forward(&g, &x, &wt), &want_y, &what);
+            let (dx, dw) = backward(&g, &x, &dy, &wt, true);
+            assert_close(&dx.unwrap(), &want_dx, &format!("dx {what}"));
+            assert_close(&dw, &want_dw, &format!("dw {what}"));
+            let (none, dw2) = backward(&g, &x, &dy, &wt, false);
+            assert!(none.is_none());
+            assert_eq!(dw, dw2, "dw without dx {what}");
+        }
+        let odd = Geom::new([24, 8, 6, 6], [8, 8, 3, 3], 1, 1).unwrap();
+        assert!(!applies(&odd), "a batch of 24 is not whole sixteens");
+    }
+}
