@@ -244,7 +244,7 @@ pub(crate) fn im2col_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// [`forward`], also returning the column matrices when they are small enough to keep
 /// ([`KEEP_COLS`]), for [`weight_grad`] to reuse instead of rebuilding them.
 pub(crate) fn forward_keeping(g: &Geom, x: &[f32], w: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
-    if direct::applies(g) || lanes::applies(g) || !keeps_columns(g) {
+    if direct::applies(g) || lanes::applies_backward(g) || !keeps_columns(g) {
         return (forward(g, x, w), None);
     }
     let mut cols = crate::support::out::uninit(g.k() * g.n() * g.b);
@@ -317,7 +317,7 @@ pub(crate) fn backward(
     if direct::applies(g) {
         return direct::backward(g, x, dy, w, want_dx);
     }
-    if lanes::applies(g) {
+    if lanes::applies_backward(g) {
         return lanes::backward(g, x, dy, w, want_dx);
     }
     let dx = want_dx.then(|| input_grad(g, dy, w));

@@ -13,12 +13,24 @@ use super::{avx512, has_avx512, pack, pack_flipped, KC, LANES};
 use crate::support::im2col::{scratch, Geom};
 use crate::support::out::uninit;
 
-/// Whether `g` runs here: a 3x3 stride-1 conv with padding 1, a batch in whole sixteens and
-/// channel counts in whole eights, on a CPU with AVX-512F.
+/// Whether `g`'s forward runs here: a 3x3 stride-1 conv with padding 1, a batch in whole
+/// sixteens with a sixteen for every thread (the forward runs a sixteen a thread), channel
+/// counts in whole eights, on a CPU with AVX-512F.
 pub(crate) fn applies(g: &Geom) -> bool {
+    applies_with(g, rayon::current_num_threads())
+}
+
+fn applies_with(g: &Geom, threads: usize) -> bool {
     let shape = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1;
-    let sized = g.b > 0 && g.b.is_multiple_of(LANES);
+    let sized = g.b.is_multiple_of(LANES) && g.b / LANES >= threads.max(1);
     shape && sized && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && has_avx512()
+}
+
+/// Whether `g`'s backward runs here too: [`applies`], with enough positions over all images
+/// for a weight-gradient call to pay for summing its accumulators (36: 3x3 maps of 64 images
+/// ran level with im2col + GEMM; 4x4 maps of 32 images, 512 channels, 30 % slower).
+pub(crate) fn applies_backward(g: &Geom) -> bool {
+    applies(g) && g.b / LANES * g.h * g.w >= 36
 }
 
 /// The layout of sixteen images' zero-padded `h x w` planes, a position's sixteen values
@@ -321,7 +333,7 @@ mod tests {
             (16, 8, 32, 2, 11),
         ] {
             let g = Geom::new([b, c, h, w], [o, c, 3, 3], 1, 1).unwrap();
-            assert!(applies(&g));
+            assert!(applies_with(&g, 1));
             let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
             let dy = vals(g.b * g.o * g.n(), 0.23);
             let [want_y, want_dx, want_dw] = reference(&g, &x, &wt, &dy);
@@ -335,6 +347,14 @@ mod tests {
             assert_eq!(dw, dw2, "dw without dx {what}");
         }
         let odd = Geom::new([24, 8, 6, 6], [8, 8, 3, 3], 1, 1).unwrap();
-        assert!(!applies(&odd), "a batch of 24 is not whole sixteens");
+        assert!(
+            !applies_with(&odd, 1),
+            "a batch of 24 is not whole sixteens"
+        );
+        let one = Geom::new([16, 8, 6, 6], [8, 8, 3, 3], 1, 1).unwrap();
+        assert!(
+            applies_with(&one, 1) && !applies_with(&one, 2),
+            "a sixteen a thread"
+        );
     }
 }
