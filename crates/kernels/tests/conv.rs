@@ -39,6 +39,9 @@ const CASES: &[Case] = &[
     // CPUs with AVX-512 (im2col + GEMM elsewhere).
     (3, 8, 12, 11, 16, 3, 1, 1),
     (5, 16, 24, 24, 8, 3, 1, 1),
+    // Small maps of a batch in whole sixteens: sixteen images to a vector (AVX-512).
+    (32, 8, 6, 6, 16, 3, 1, 1),
+    (48, 16, 3, 3, 8, 3, 1, 1),
 ];
 
 #[test]

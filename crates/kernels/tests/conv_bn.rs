@@ -46,6 +46,7 @@ fn matches_conv_then_batch_norm() {
         (2, 3, 15, 15, 4, 7, 2, 3, true),
         (4, 6, 4, 4, 5, 3, 1, 1, true),
         (3, 8, 12, 10, 16, 3, 1, 1, true),
+        (32, 8, 4, 5, 8, 3, 1, 1, false),
     ] {
         let x = Var::from_tensor(&uniform(&mut rng, &[b, c, h, w], -1.0, 1.0)).unwrap();
         let wt = Var::from_tensor(&uniform(&mut rng, &[o, c, k, k], -0.5, 0.5)).unwrap();
