@@ -3,7 +3,10 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_variables, unused_mut)
+)]
 mod direct;
 
 use candle_core::{Result, Tensor};

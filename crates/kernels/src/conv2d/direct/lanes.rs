@@ -313,7 +313,7 @@ fn weight_grad(g: &Geom, l: &Lanes, dyp: &[f32], xp: &[f32], groups: usize) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv2d::direct::tests::{assert_close, reference, vals};
+    use crate::conv2d::direct::tests::check;
 
     /// Sixteen images to a vector against the definition (forward, both gradients): maps from
     /// 1x1 to wider than three positions a row, square or not; one group of sixteen images or
@@ -334,17 +334,7 @@ mod tests {
         ] {
             let g = Geom::new([b, c, h, w], [o, c, 3, 3], 1, 1).unwrap();
             assert!(applies_with(&g, 1));
-            let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
-            let dy = vals(g.b * g.o * g.n(), 0.23);
-            let [want_y, want_dx, want_dw] = reference(&g, &x, &wt, &dy);
-            let what = format!("{b}x{c}x{h}x{w} -> {o}");
-            assert_close(&forward(&g, &x, &wt), &want_y, &what);
-            let (dx, dw) = backward(&g, &x, &dy, &wt, true);
-            assert_close(&dx.unwrap(), &want_dx, &format!("dx {what}"));
-            assert_close(&dw, &want_dw, &format!("dw {what}"));
-            let (none, dw2) = backward(&g, &x, &dy, &wt, false);
-            assert!(none.is_none());
-            assert_eq!(dw, dw2, "dw without dx {what}");
+            check(&g, forward, backward);
         }
         let odd = Geom::new([24, 8, 6, 6], [8, 8, 3, 3], 1, 1).unwrap();
         assert!(

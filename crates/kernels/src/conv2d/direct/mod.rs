@@ -437,6 +437,28 @@ mod tests {
         [y, dx, dw]
     }
 
+    type Backward = fn(&Geom, &[f32], &[f32], &[f32], bool) -> (Option<Vec<f32>>, Vec<f32>);
+
+    /// `forward` and `backward` (with and without the input gradient) against the definition.
+    pub(super) fn check(
+        g: &Geom,
+        forward: fn(&Geom, &[f32], &[f32]) -> Vec<f32>,
+        backward: Backward,
+    ) {
+        let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
+        let dy = vals(g.b * g.o * g.n(), 0.23);
+        let [want_y, want_dx, want_dw] = reference(g, &x, &wt, &dy);
+        let what = format!("{}x{}x{}x{} -> {}", g.b, g.c, g.h, g.w, g.o);
+        assert_close(&forward(g, &x, &wt), &want_y, &what);
+        let (dx, dw) = backward(g, &x, &dy, &wt, true);
+        let dx = dx.expect("the input gradient was asked for");
+        assert_close(&dx, &want_dx, &format!("dx {what}"));
+        assert_close(&dw, &want_dw, &format!("dw {what}"));
+        let (none, again) = backward(g, &x, &dy, &wt, false);
+        assert!(none.is_none(), "no input gradient asked for {what}");
+        assert_eq!(dw, again, "dw without dx {what}");
+    }
+
     /// The direct kernels against the definition (forward, both gradients), on maps from 1x1
     /// to wider than three vectors a row, odd and even, square or not; channel counts that
     /// leave one or two output channels for the weight gradient's last block, and more taps
@@ -462,17 +484,7 @@ mod tests {
         ] {
             let g = Geom::new([b, c, h, w], [o, c, 3, 3], 1, 1).unwrap();
             assert_eq!(applies(&g), h * w >= MIN_POSITIONS, "{b}x{c}x{h}x{w}");
-            let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
-            let dy = vals(g.b * g.o * g.n(), 0.23);
-            let [want_y, want_dx, want_dw] = reference(&g, &x, &wt, &dy);
-            let what = format!("{b}x{c}x{h}x{w} -> {o}");
-            assert_close(&forward(&g, &x, &wt), &want_y, &what);
-            let (dx, dw) = backward(&g, &x, &dy, &wt, true);
-            assert_close(&dx.unwrap(), &want_dx, &format!("dx {what}"));
-            assert_close(&dw, &want_dw, &format!("dw {what}"));
-            let (none, dw2) = backward(&g, &x, &dy, &wt, false);
-            assert!(none.is_none());
-            assert_eq!(dw, dw2, "dw without dx {what}");
+            check(&g, forward, backward);
         }
     }
 }
