@@ -98,7 +98,7 @@ fn plan(g: &Geom) -> Plan {
 }
 
 fn plan_for(g: &Geom, threads: usize) -> Plan {
-    let per_block = block_size(g.b, g.n(), threads);
+    let per_block = block_size(g.b, g.n(), threads, TARGET_COLS);
     let blocks = g.b.div_ceil(per_block);
     let gemm_threads = if blocks < threads { threads } else { 1 };
     Plan {
@@ -109,13 +109,8 @@ fn plan_for(g: &Geom, threads: usize) -> Plan {
 }
 
 /// Images per block for `images` images of `cols` columns each on `threads` threads, aiming at
-/// [`TARGET_COLS`] columns a block.
-fn block_size(images: usize, cols: usize, threads: usize) -> usize {
-    block_size_for(images, cols, threads, TARGET_COLS)
-}
-
-/// [`block_size`] aiming at `target` columns a block.
-pub(crate) fn block_size_for(images: usize, cols: usize, threads: usize, target: usize) -> usize {
+/// `target` columns a block.
+pub(crate) fn block_size(images: usize, cols: usize, threads: usize, target: usize) -> usize {
     let threads = threads.max(1);
     let by_width = target.div_ceil(cols.max(1));
     // Enough blocks to keep every thread busy when the batch allows it.
@@ -233,11 +228,6 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     if lanes::applies(g) {
         return lanes::forward(g, x, w);
     }
-    im2col_forward(g, x, w)
-}
-
-/// [`forward`] as im2col + GEMM, whatever the shape.
-pub(crate) fn im2col_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     forward_into(g, x, w, None)
 }
 
@@ -400,17 +390,22 @@ pub(crate) fn weight_grad(g: &Geom, x: &[f32], dy: &[f32], kept: Option<&[f32]>)
     } else {
         (0..p.blocks).into_par_iter().map(block).collect()
     };
-    // Summed in block order: the result does not depend on which thread ran which block.
-    let mut parts = partials.into_iter();
-    let Some(mut dw) = parts.next() else {
-        return vec![0.0; g.o * g.k()];
+    sum_in_order(partials, g.o * g.k())
+}
+
+/// The element-wise sum of `parts` (each `len` floats), added in their order: a weight gradient
+/// summed from per-block partials does not depend on which thread ran which block.
+pub(crate) fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut parts = parts.into_iter();
+    let Some(mut sum) = parts.next() else {
+        return vec![0.0; len];
     };
     for part in parts {
-        for (d, s) in dw.iter_mut().zip(&part) {
+        for (d, s) in sum.iter_mut().zip(&part) {
             *d += *s;
         }
     }
-    dw
+    sum
 }
 
 #[cfg(test)]

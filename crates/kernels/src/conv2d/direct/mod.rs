@@ -226,7 +226,7 @@ thread_local! {
 /// Images per block: blocks in whole rounds of the threads, of about `target` positions.
 fn per_block(g: &Geom, target: usize) -> usize {
     let s = (g.h + 1) * (g.w + 2);
-    crate::conv2d::cpu::block_size_for(g.b, s, rayon::current_num_threads(), target)
+    crate::conv2d::cpu::block_size(g.b, s, rayon::current_num_threads(), target)
 }
 
 /// Positions per forward block: the outputs of a panel stay in cache.
@@ -319,14 +319,7 @@ pub(crate) fn backward(
         (None, partials)
     };
     // Summed in group order: the result depends on the thread count, not on timing.
-    let mut parts = partials.into_iter();
-    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; g.o * g.k()]);
-    for part in parts {
-        for (d, s) in dw.iter_mut().zip(&part) {
-            *d += *s;
-        }
-    }
-    (dx, dw)
+    (dx, crate::conv2d::cpu::sum_in_order(partials, g.o * g.k()))
 }
 
 /// Adds to `dw [O, C, 3, 3]` the weight gradient of one block from its tall output gradients
