@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::Dims;
 use crate::support::matmul::{gemm, Mat};
 use crate::support::storage::{gemm_threads, slice, with_data};
+use crate::support::tanh::tanh_in_place;
 
 /// The fused op over `(p [B, N, d], w [a, d], bv [2, a])`; its output is flat:
 /// `[u_0 g_0 u_1 g_1 ... | alpha_0 alpha_1 ...]`.
@@ -110,13 +111,12 @@ fn forward(dm: Dims, p: &[f32], w: &[f32], bv: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .zip(t.par_chunks_mut(n * a))
         .enumerate()
         .for_each(|(i, ((ug, al), tb))| {
-            for (row, e) in tb.chunks_exact_mut(a).zip(al.iter_mut()) {
-                let mut s = 0f32;
-                for ((x, &bb), &vv) in row.iter_mut().zip(bias).zip(v) {
-                    *x = (*x + bb).tanh();
-                    s += *x * vv;
-                }
-                *e = s;
+            for row in tb.chunks_exact_mut(a) {
+                row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
+            }
+            tanh_in_place(tb);
+            for (row, e) in tb.chunks_exact(a).zip(al.iter_mut()) {
+                *e = row.iter().zip(v).map(|(x, vv)| x * vv).sum();
             }
             softmax(al);
             let (u, g) = ug.split_at_mut(d);

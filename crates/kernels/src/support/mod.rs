@@ -1,4 +1,4 @@
-//! Building blocks the ops share: tensor data access, the GEMM, im2col, output buffers and (with
+//! Building blocks the ops share: tensor data access, the GEMM, im2col, output buffers, a vector tanh and (with
 //! `cuda`) kernel launches.
 
 #[cfg(feature = "cuda")]
@@ -7,3 +7,4 @@ pub(crate) mod im2col;
 pub(crate) mod matmul;
 pub(crate) mod out;
 pub(crate) mod storage;
+pub(crate) mod tanh;
