@@ -136,17 +136,25 @@ impl Tall {
     }
 }
 
+/// Panels of `k` rows per parallel task: ~64k floats, so that small layers stay on one thread.
+fn min_panels(k: usize) -> usize {
+    (1 << 13) / k.max(1) + 1
+}
+
 /// Weights `[O, C, 3, 3]` as panels of eight output channels: `[O / 8, C * 9, 8]`.
+// Panels in parallel: packed on the calling thread alone, the wider layers' weights (up to
+// 2.4 MB) kept the other threads idle for ~1.5 % of a training step.
 fn pack(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     let k = c * 9;
     let mut out = uninit(o * k);
-    for (ob, panel) in out.chunks_exact_mut(k * 8).enumerate() {
+    let panels = out.par_chunks_exact_mut(k * 8).with_min_len(min_panels(k));
+    panels.enumerate().for_each(|(ob, panel)| {
         for (kk, row) in panel.chunks_exact_mut(8).enumerate() {
             for (r, v) in row.iter_mut().enumerate() {
                 *v = w[(ob * 8 + r) * k + kk];
             }
         }
-    }
+    });
     out
 }
 
@@ -155,14 +163,15 @@ fn pack(w: &[f32], o: usize, c: usize) -> Vec<f32> {
 fn pack_flipped(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     let k = o * 9;
     let mut out = uninit(c * k);
-    for (cb, panel) in out.chunks_exact_mut(k * 8).enumerate() {
+    let panels = out.par_chunks_exact_mut(k * 8).with_min_len(min_panels(k));
+    panels.enumerate().for_each(|(cb, panel)| {
         for (kk, row) in panel.chunks_exact_mut(8).enumerate() {
             let (oo, t) = (kk / 9, kk % 9);
             for (r, v) in row.iter_mut().enumerate() {
                 *v = w[(oo * c + cb * 8 + r) * 9 + 8 - t];
             }
         }
-    }
+    });
     out
 }
 
