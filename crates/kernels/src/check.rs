@@ -102,6 +102,24 @@ pub const CASES: &[Case] = &[
         run: add_relu,
     },
     Case {
+        op: "basic_block_train 3x3 s2 + downsample",
+        kernel: Op::BasicBlockTrain,
+        shapes: &[
+            &[2, 8, 11, 11],
+            &[16, 8, 3, 3],
+            &[16],
+            &[16],
+            &[16, 16, 3, 3],
+            &[16],
+            &[16],
+            &[16, 8, 1, 1],
+            &[16],
+            &[16],
+            &[2, 16, 6, 6],
+        ],
+        run: basic_block,
+    },
+    Case {
         op: "position_attention",
         kernel: Op::PositionAttention,
         shapes: &[&[2, 13, 6], &[5, 6], &[5], &[5], &[2, 12], &[2, 13]],
@@ -216,6 +234,28 @@ fn add_relu(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
     let y = crate::add_relu(a, b)?;
     let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
     with_grads(vec![("y".into(), y)], &grads, &[("a", a), ("b", b)])
+}
+
+/// A stride-2 basic block with its downsample branch and the gradients of `sum(y * r)`; inputs
+/// `[x, (w, gamma, beta) of a, b and the downsample, r]`.
+fn basic_block(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [x, p @ .., r] = v else { unreachable!() };
+    let conv = |i: usize, stride: usize, padding: usize| crate::ConvBnArgs {
+        weight: p[3 * i].as_tensor(),
+        stride,
+        padding,
+        gamma: p[3 * i + 1].as_tensor(),
+        beta: p[3 * i + 2].as_tensor(),
+    };
+    let (y, _) =
+        crate::basic_block_train(x, conv(0, 2, 1), conv(1, 1, 1), Some(conv(2, 2, 0)), 1e-5)?;
+    let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
+    let names = [
+        "w a", "gamma a", "beta a", "w b", "gamma b", "beta b", "w d", "gamma d", "beta d",
+    ];
+    let mut named: Vec<(&str, &Var)> = vec![("x", x)];
+    named.extend(names.iter().copied().zip(p));
+    with_grads(vec![("y".into(), y)], &grads, &named)
 }
 
 /// `position_attention(p, w, b, v)` and the gradients of `sum(ug * r_ug) + sum(alpha * r_a)`;
@@ -355,10 +395,10 @@ mod tests {
         // conv: y + 2 grads; batch norm: y, mean, var + 3 grads; max-pool: y + 1 grad;
         // add_relu: y + 2 grads; attention: ug, alpha + 4 grads; LSTM: h, c + 3 grads;
         // GRU: h + 3 grads; conv + batch norm (two cases): y, mean, var + 4 grads; projection:
-        // p + 3 grads.
+        // p + 3 grads; basic block: y + 10 grads.
         assert_eq!(
             rows.len(),
-            3 * 3 + 2 * 6 + 2 + 3 + 6 + 5 + 4 + 2 * 7 + 4,
+            3 * 3 + 2 * 6 + 2 + 3 + 6 + 5 + 4 + 2 * 7 + 4 + 11,
             "{rows:#?}"
         );
         for r in &rows {

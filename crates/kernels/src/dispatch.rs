@@ -29,6 +29,7 @@ pub enum Op {
     ConvBnReluPoolTrain,
     MaxPool3x3S2,
     AddRelu,
+    BasicBlockTrain,
     PositionProjection,
     PositionAttention,
     LstmCell,
@@ -37,7 +38,7 @@ pub enum Op {
 
 impl Op {
     /// All ops, in the order the crate README lists them.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::Conv2d,
         Op::BatchNormTrain,
         Op::BatchNormEval,
@@ -45,6 +46,7 @@ impl Op {
         Op::ConvBnReluPoolTrain,
         Op::MaxPool3x3S2,
         Op::AddRelu,
+        Op::BasicBlockTrain,
         Op::PositionProjection,
         Op::PositionAttention,
         Op::LstmCell,
@@ -61,6 +63,7 @@ impl Op {
             Op::ConvBnReluPoolTrain => "conv_bn_relu_pool_train",
             Op::MaxPool3x3S2 => "max_pool_3x3_s2",
             Op::AddRelu => "add_relu",
+            Op::BasicBlockTrain => "basic_block_train",
             Op::PositionProjection => "position_projection",
             Op::PositionAttention => "position_attention",
             Op::LstmCell => "lstm_cell",
@@ -81,6 +84,7 @@ impl Op {
     fn maps(self) -> usize {
         match self {
             Op::Conv2d | Op::ConvBnTrain | Op::ConvBnReluPoolTrain => 2,
+            Op::BasicBlockTrain => 3,
             Op::BatchNormTrain | Op::BatchNormEval | Op::MaxPool3x3S2 => 1,
             _ => 0,
         }

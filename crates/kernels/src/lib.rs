@@ -8,7 +8,9 @@
 //! [`batch_norm_train`] does the same for training-mode BatchNorm: two passes forward (statistics,
 //! normalisation) and two backward, where candle's module chains a dozen generic ops.
 //! [`conv_bn_train`] fuses the two (and the ReLU), so the conv output is no graph node of its own;
-//! [`batch_norm_eval`] is the eval-mode BatchNorm (+ ReLU) in one pass.
+//! [`batch_norm_eval`] is the eval-mode BatchNorm (+ ReLU) in one pass, and
+//! [`basic_block_train`] a whole ResNet basic block in training mode, so that candle's autograd
+//! sees only the block's input gradient.
 //!
 //! [`max_pool_3x3_s2`] is the ImageNet stem's max-pool with an argmax backward (candle's own
 //! max-pool has no backward when kernel and stride differ).
@@ -40,6 +42,7 @@
 // CPU numerics and their candle custom op; `cuda.rs` (where the op has one) the CUDA launches.
 mod add_relu;
 mod attention;
+mod basic_block;
 mod batch_norm;
 mod conv2d;
 mod conv_bn;
@@ -54,6 +57,7 @@ mod support;
 
 pub use add_relu::add_relu;
 pub use attention::{position_attention, AttentionPool};
+pub use basic_block::{basic_block_train, ConvBnArgs};
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStats};
 pub use conv2d::conv2d;
 pub use conv_bn::{conv_bn_relu_pool_train, conv_bn_train};

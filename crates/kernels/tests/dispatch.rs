@@ -24,6 +24,15 @@ fn inputs(op: Op, dtype: DType) -> Vec<Tensor> {
         }
         Op::MaxPool3x3S2 => vec![map()],
         Op::AddRelu => vec![map(), map()],
+        Op::BasicBlockTrain => vec![
+            map(),
+            t(&[4, 4, 3, 3], dtype),
+            t(&[4, 4, 3, 3], dtype),
+            ch(),
+            ch(),
+            ch(),
+            ch(),
+        ],
         Op::PositionProjection => vec![map(), t(&[6, 4], dtype), t(&[6], dtype)],
         Op::PositionAttention => vec![
             t(&[2, 5, 6], dtype),
@@ -54,6 +63,20 @@ fn run(op: Op, x: &[Tensor]) -> Vec<Tensor> {
         }
         Op::MaxPool3x3S2 => fer_kernels::max_pool_3x3_s2(&x[0]).map(|y| vec![y]),
         Op::AddRelu => fer_kernels::add_relu(&x[0], &x[1]).map(|y| vec![y]),
+        Op::BasicBlockTrain => {
+            let conv = |i: usize| fer_kernels::ConvBnArgs {
+                weight: &x[1 + i],
+                stride: 1,
+                padding: 1,
+                gamma: &x[3 + 2 * i],
+                beta: &x[4 + 2 * i],
+            };
+            fer_kernels::basic_block_train(&x[0], conv(0), conv(1), None, 1e-5).map(|(y, s)| {
+                let mut all = vec![y];
+                all.extend(s.into_iter().flat_map(|s| [s.mean, s.var]));
+                all
+            })
+        }
         Op::PositionProjection => {
             fer_kernels::position_projection(&x[0], &x[1], &x[2]).map(|y| vec![y])
         }

@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-const EPS: f64 = 1e-5;
+pub(crate) const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
 /// `weight`, `bias`, `running_mean`, `running_var` under the given prefix. Training mode
@@ -35,6 +35,11 @@ impl BatchNorm {
     }
 
     /// Eval mode (running statistics), then a ReLU when `relu`.
+    /// The scale and shift (`gamma`, `beta`).
+    pub(crate) fn affine(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
+
     pub(crate) fn eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
         fer_kernels::batch_norm_eval(x, &self.weight, &self.bias, mean, var, EPS, relu)
@@ -79,7 +84,7 @@ impl BatchNorm {
     }
 
     /// Moves the running averages towards a batch's statistics.
-    fn update_running(&self, stats: fer_kernels::BatchStats) -> Result<()> {
+    pub(crate) fn update_running(&self, stats: fer_kernels::BatchStats) -> Result<()> {
         let m = stats.count as f64;
         let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
         let mean =

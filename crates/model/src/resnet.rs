@@ -138,6 +138,18 @@ impl ConvBn {
         }
     }
 
+    /// The conv and BatchNorm parameters, for a fused block.
+    fn args(&self) -> fer_kernels::ConvBnArgs<'_> {
+        let (gamma, beta) = self.bn.affine();
+        fer_kernels::ConvBnArgs {
+            weight: &self.conv.weight,
+            stride: self.conv.stride,
+            padding: self.conv.padding,
+            gamma,
+            beta,
+        }
+    }
+
     /// Conv, BatchNorm, ReLU and the ImageNet stem's 3x3 stride-2 max-pool.
     fn forward_relu_pool(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if train {
@@ -230,6 +242,23 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let (true, Block::Basic { a, b, downsample }) = (train, self) {
+            // One op for the whole block: its inner gradients stay out of candle's autograd.
+            let (y, stats) = fer_kernels::basic_block_train(
+                x,
+                a.args(),
+                b.args(),
+                downsample.as_ref().map(ConvBn::args),
+                crate::bn::EPS,
+            )?;
+            let bns = [Some(a), Some(b), downsample.as_ref()]
+                .into_iter()
+                .flatten();
+            for (unit, stats) in bns.zip(stats) {
+                unit.bn.update_running(stats)?;
+            }
+            return Ok(y);
+        }
         let (y, downsample) = match self {
             Block::Basic { a, b, downsample } => {
                 let y = a.forward_relu(x, train)?;

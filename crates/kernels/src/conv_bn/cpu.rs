@@ -13,9 +13,9 @@ use crate::support::im2col::Geom;
 use crate::support::storage::{slice, with_data};
 
 /// What the forward keeps for the backward: the conv output and its normalisation.
-pub(super) struct Saved {
+pub(crate) struct Saved {
     y: Vec<f32>,
-    mean: Vec<f32>,
+    pub(crate) mean: Vec<f32>,
     invstd: Vec<f32>,
     /// The conv's column matrices, when small enough to keep (see `conv::forward_keeping`).
     cols: Option<Vec<f32>>,
@@ -36,29 +36,10 @@ pub(super) struct ConvBnTrain {
 }
 
 impl ConvBnTrain {
-    fn dims(&self) -> Dims {
-        Dims {
-            b: self.g.b,
-            c: self.g.o,
-            s: self.g.n(),
-        }
-    }
-
     /// The whole forward: what the backward keeps, the batch variance and the op's output.
     fn run(&self, x: &[f32], w: &[f32], gb: &[f32]) -> (Saved, Vec<f32>, Vec<f32>) {
-        let (y, cols) = conv::forward_keeping(&self.g, x, w);
-        let (mean, var) = batch_norm::stats(self.dims(), &y);
-        let invstd = batch_norm::invstd(&var, self.eps);
         let (gamma, beta) = gb.split_at(self.g.o);
-        let (scale, shift) = batch_norm::affine(&mean, &invstd, gamma, beta);
-        let z = batch_norm::apply(self.dims(), &y, &scale, &shift, self.relu);
-        let mut saved = Saved {
-            y,
-            mean,
-            invstd,
-            cols,
-            z: None,
-        };
+        let (mut saved, var, z) = train_forward(&self.g, self.eps, self.relu, x, w, gamma, beta);
         let out = if self.pool {
             let g = &self.g;
             let pooled = pool::forward(g.b * g.o, g.ho, g.wo, &z);
@@ -68,6 +49,61 @@ impl ConvBnTrain {
             z
         };
         (saved, var, out)
+    }
+}
+
+/// Conv, training BatchNorm (and ReLU): what the backward keeps, the batch variance and the
+/// normalised output.
+pub(crate) fn train_forward(
+    g: &Geom,
+    eps: f64,
+    relu: bool,
+    x: &[f32],
+    w: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) -> (Saved, Vec<f32>, Vec<f32>) {
+    let (y, cols) = conv::forward_keeping(g, x, w);
+    let d = dims(g);
+    let (mean, var) = batch_norm::stats(d, &y);
+    let invstd = batch_norm::invstd(&var, eps);
+    let (scale, shift) = batch_norm::affine(&mean, &invstd, gamma, beta);
+    let z = batch_norm::apply(d, &y, &scale, &shift, relu);
+    let saved = Saved {
+        y,
+        mean,
+        invstd,
+        cols,
+        z: None,
+    };
+    (saved, var, z)
+}
+
+/// The gradients `(dx, dw, dgamma, dbeta)` of [`train_forward`] from the gradient `dz` of its
+/// output (`relu_out`: that output, when a ReLU was fused); `dx` when `want_dx`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_backward(
+    g: &Geom,
+    saved: &Saved,
+    x: &[f32],
+    w: &[f32],
+    gamma: &[f32],
+    dz: &[f32],
+    relu_out: Option<&[f32]>,
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mean, invstd) = (&saved.mean, &saved.invstd);
+    let (dy, dgamma, dbeta) =
+        batch_norm::backward::<true>(dims(g), &saved.y, dz, relu_out, mean, invstd, gamma);
+    let (dx, dw) = conv::backward(g, x, &dy, w, want_dx, saved.cols.as_deref());
+    (dx, dw, dgamma, dbeta)
+}
+
+fn dims(g: &Geom) -> Dims {
+    Dims {
+        b: g.b,
+        c: g.o,
+        s: g.n(),
     }
 }
 
@@ -120,25 +156,22 @@ impl CustomOp3 for ConvBnTrain {
                             &recomputed
                         }
                     };
-                    let (dy, dgamma, dbeta) = with_data(res, |res| {
+                    let gamma = &gb[..g.o];
+                    let (dx, dw, dgamma, dbeta) = with_data(res, |res| {
                         with_data(dres, |dres| {
-                            let d = self.dims();
                             let (dz, z) = match &saved.z {
                                 Some(z) => {
-                                    let dz = pool::backward(d.b * d.c, g.ho, g.wo, z, dres);
+                                    let dz = pool::backward(g.b * g.o, g.ho, g.wo, z, dres);
                                     (Cow::Owned(dz), z.as_slice())
                                 }
                                 None => (Cow::Borrowed(dres), res),
                             };
                             let relu_out = self.relu.then_some(z);
-                            let (mean, invstd) = (&saved.mean, &saved.invstd);
-                            let gamma = &gb[..g.o];
-                            Ok(batch_norm::backward::<true>(
-                                d, &saved.y, &dz, relu_out, mean, invstd, gamma,
+                            Ok(train_backward(
+                                &g, saved, x, w, gamma, &dz, relu_out, track_x,
                             ))
                         })
                     })?;
-                    let (dx, dw) = conv::backward(&g, x, &dy, w, track_x, saved.cols.as_deref());
                     Ok((dx, dw, [dgamma, dbeta].concat()))
                 })
             })

@@ -7,7 +7,7 @@
 //! the BatchNorm backward's input gradient goes straight into the conv backward. The conv output
 //! is kept inside the op for the backward, as the graph kept it before.
 
-mod cpu;
+pub(crate) mod cpu;
 
 use std::sync::{Arc, OnceLock};
 
