@@ -10,7 +10,7 @@ const CHUNK: usize = 1 << 14;
 
 /// `f(a[i], b[i])` for equally long slices, chunked over the rayon pool.
 fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
+    let mut out = crate::support::out::uninit(a.len());
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {
@@ -68,13 +68,12 @@ impl CustomOp2 for PassPositive {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = map2(slice(s1, l1)?, slice(s2, l2)?, |g, r| {
-            if r > 0.0 {
-                g
-            } else {
-                0.0
-            }
-        });
+        let d = relu_grad(slice(s1, l1)?, slice(s2, l2)?);
         Ok((CpuStorage::F32(d), l1.shape().clone()))
     }
+}
+
+/// The gradient `g` through a ReLU whose output was `res`: `g` where `res > 0`, else 0.
+pub(crate) fn relu_grad(g: &[f32], res: &[f32]) -> Vec<f32> {
+    map2(g, res, |g, r| if r > 0.0 { g } else { 0.0 })
 }

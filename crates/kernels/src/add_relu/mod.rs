@@ -4,7 +4,7 @@
 //! two gradient accumulations backward: five passes over the block's output where one forward
 //! and one backward pass do.
 
-mod cpu;
+pub(crate) mod cpu;
 
 use candle_core::{Result, Tensor};
 

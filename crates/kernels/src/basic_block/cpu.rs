@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::add_relu::cpu::relu_grad;
 use crate::conv_bn::cpu::{self as conv_bn, Saved as UnitSaved};
 use crate::support::im2col::Geom;
 use crate::support::out::uninit;
@@ -159,14 +160,7 @@ impl BlockTrain {
         want_dx: bool,
     ) -> (Option<Vec<f32>>, Vec<f32>) {
         // The output ReLU: both terms of the sum get the same gradient.
-        let mut dsum = uninit(dres.len());
-        dsum.par_chunks_mut(CHUNK)
-            .zip(dres.par_chunks(CHUNK).zip(res.par_chunks(CHUNK)))
-            .for_each(|(d, (g, r))| {
-                for ((d, g), r) in d.iter_mut().zip(g).zip(r) {
-                    *d = if *r > 0.0 { *g } else { 0.0 };
-                }
-            });
+        let dsum = relu_grad(dres, res);
         let mut dp = uninit(p.len());
         let bwd = |u: &Unit, s: &UnitSaved, input: &[f32], dz: &[f32], relu_out, want_dx| {
             let (w, gamma, _) = u.params(p);
