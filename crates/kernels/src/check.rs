@@ -105,7 +105,7 @@ pub const CASES: &[Case] = &[
         op: "basic_block_train 3x3 s2 + downsample",
         kernel: Op::BasicBlockTrain,
         shapes: &[
-            &[2, 8, 11, 11],
+            &[4, 8, 11, 11],
             &[16, 8, 3, 3],
             &[16],
             &[16],
@@ -115,7 +115,7 @@ pub const CASES: &[Case] = &[
             &[16, 8, 1, 1],
             &[16],
             &[16],
-            &[2, 16, 6, 6],
+            &[4, 16, 6, 6],
         ],
         run: basic_block,
     },

@@ -63,9 +63,23 @@ pub fn basic_block_train(
     inputs.extend(convs.iter().map(|c| c.weight));
     inputs.extend(convs.iter().flat_map(|c| [c.gamma, c.beta]));
     match backend(Op::BasicBlockTrain, &inputs) {
-        Backend::Cpu => fused(x, &convs, eps),
-        Backend::Cuda | Backend::Candle => twin(x, a, b, down, eps),
+        Backend::Cpu if fusing_pays(x, &convs) => fused(x, &convs, eps),
+        Backend::Cpu | Backend::Cuda | Backend::Candle => twin(x, a, b, down, eps),
     }
+}
+
+/// Whether the fused op saves more than it costs. It spares autograd ~3 zero-filled gradients
+/// the size of the block's output map (a memset and an addition each: ~12 map-sized passes),
+/// and costs a copy of the weights into the flat parameter tensor and one zero-filled gradient
+/// for them (~6 weight-sized passes). Deep stages with wide kernels and small maps (ResNet-18's
+/// layer4 at 48-112 px) lose: there the weights outweigh the maps.
+fn fusing_pays(x: &Tensor, convs: &[ConvBnArgs]) -> bool {
+    let weights: usize = convs.iter().map(|c| c.weight.elem_count()).sum();
+    let (b, o) = (x.dims()[0], convs[1].weight.dims()[0]);
+    let (h, w) = (x.dims()[2], x.dims()[3]);
+    let stride = convs[0].stride.max(1);
+    let map = b * o * h.div_ceil(stride) * w.div_ceil(stride);
+    2 * map >= weights
 }
 
 /// The block as the ops it fuses.
@@ -148,4 +162,38 @@ fn fused(x: &Tensor, convs: &[ConvBnArgs], eps: f64) -> Result<(Tensor, Vec<Batc
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((y, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// The FER-2013 model's trunk (batch 64): layer1's 24x24 blocks fuse, layer4's 3x3 ones,
+    /// whose 590k-float kernels outweigh their 147k-float maps, do not.
+    #[test]
+    fn fusing_pays_where_maps_outweigh_weights() {
+        let z = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
+        let pays = |b: usize, c: usize, hw: usize, stride: usize| {
+            let o = c * stride;
+            let (x, wa, wb, g) = (
+                z(&[b, c, hw, hw]),
+                z(&[o, c, 3, 3]),
+                z(&[o, o, 3, 3]),
+                z(&[o]),
+            );
+            let conv = |weight, stride| ConvBnArgs {
+                weight,
+                stride,
+                padding: 1,
+                gamma: &g,
+                beta: &g,
+            };
+            fusing_pays(&x, &[conv(&wa, stride), conv(&wb, 1)])
+        };
+        assert!(pays(64, 32, 24, 1), "layer1");
+        assert!(pays(64, 64, 12, 1), "layer2");
+        assert!(!pays(64, 256, 3, 1), "layer4");
+        assert!(!pays(64, 128, 6, 2), "layer4's first block");
+    }
 }
