@@ -90,6 +90,20 @@ pub const CASES: &[Case] = &[
         run: conv_bn_pool,
     },
     Case {
+        op: "conv_bn_eval 3x3 s1 p1 + relu",
+        kernel: Op::ConvBnEval,
+        shapes: &[
+            &[2, 8, 12, 12],
+            &[8, 8, 3, 3],
+            &[8],
+            &[8],
+            &[8],
+            &[8],
+            &[2, 8, 12, 12],
+        ],
+        run: conv_bn_eval,
+    },
+    Case {
         op: "max_pool_3x3_s2",
         kernel: Op::MaxPool3x3S2,
         shapes: &[&[2, 4, 15, 14], &[2, 4, 8, 7]],
@@ -206,6 +220,19 @@ fn conv_bn_rows(
     ];
     let vars = [("x", x), ("w", w), ("gamma", gamma), ("beta", beta)];
     with_grads(outputs, &grads, &vars)
+}
+
+/// Eval-mode conv + BatchNorm + ReLU and the gradients of `sum(y * r)`; inputs `[x, w, gamma,
+/// beta, mean, var (its absolute value is used), r]`.
+fn conv_bn_eval(v: &[Var]) -> Result<Vec<(String, Tensor)>> {
+    let [x, w, gamma, beta, mean, var, r] = v else {
+        unreachable!()
+    };
+    let var = var.as_tensor().abs()?;
+    let y = crate::conv_bn_eval(x, w, 1, 1, gamma, beta, mean, &var, 1e-5, true)?;
+    let grads = (&y * r.as_tensor())?.sum_all()?.backward()?;
+    let vars = [("x", x), ("w", w), ("gamma", gamma), ("beta", beta)];
+    with_grads(vec![("y".into(), y)], &grads, &vars)
 }
 
 /// `position_projection(f, w, b)` and the gradients of `sum(p * r)`; inputs `[f, w, b, r]`.
@@ -395,10 +422,10 @@ mod tests {
         // conv: y + 2 grads; batch norm: y, mean, var + 3 grads; max-pool: y + 1 grad;
         // add_relu: y + 2 grads; attention: ug, alpha + 4 grads; LSTM: h, c + 3 grads;
         // GRU: h + 3 grads; conv + batch norm (two cases): y, mean, var + 4 grads; projection:
-        // p + 3 grads; basic block: y + 10 grads.
+        // p + 3 grads; basic block: y + 10 grads; eval conv + batch norm: y + 4 grads.
         assert_eq!(
             rows.len(),
-            3 * 3 + 2 * 6 + 2 + 3 + 6 + 5 + 4 + 2 * 7 + 4 + 11,
+            3 * 3 + 2 * 6 + 2 + 3 + 6 + 5 + 4 + 2 * 7 + 4 + 11 + 5,
             "{rows:#?}"
         );
         for r in &rows {

@@ -27,6 +27,7 @@ pub enum Op {
     BatchNormEval,
     ConvBnTrain,
     ConvBnReluPoolTrain,
+    ConvBnEval,
     MaxPool3x3S2,
     AddRelu,
     BasicBlockTrain,
@@ -38,12 +39,13 @@ pub enum Op {
 
 impl Op {
     /// All ops, in the order the crate README lists them.
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 13] = [
         Op::Conv2d,
         Op::BatchNormTrain,
         Op::BatchNormEval,
         Op::ConvBnTrain,
         Op::ConvBnReluPoolTrain,
+        Op::ConvBnEval,
         Op::MaxPool3x3S2,
         Op::AddRelu,
         Op::BasicBlockTrain,
@@ -61,6 +63,7 @@ impl Op {
             Op::BatchNormEval => "batch_norm_eval",
             Op::ConvBnTrain => "conv_bn_train",
             Op::ConvBnReluPoolTrain => "conv_bn_relu_pool_train",
+            Op::ConvBnEval => "conv_bn_eval",
             Op::MaxPool3x3S2 => "max_pool_3x3_s2",
             Op::AddRelu => "add_relu",
             Op::BasicBlockTrain => "basic_block_train",
@@ -83,7 +86,7 @@ impl Op {
     /// rank candle's ops take, e.g. a BatchNorm over `[B, C]`).
     fn maps(self) -> usize {
         match self {
-            Op::Conv2d | Op::ConvBnTrain | Op::ConvBnReluPoolTrain => 2,
+            Op::Conv2d | Op::ConvBnTrain | Op::ConvBnReluPoolTrain | Op::ConvBnEval => 2,
             Op::BasicBlockTrain => 3,
             Op::BatchNormTrain | Op::BatchNormEval | Op::MaxPool3x3S2 => 1,
             _ => 0,

@@ -60,7 +60,7 @@ pub use attention::{position_attention, AttentionPool};
 pub use basic_block::{basic_block_train, ConvBnArgs};
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStats};
 pub use conv2d::conv2d;
-pub use conv_bn::{conv_bn_relu_pool_train, conv_bn_train};
+pub use conv_bn::{conv_bn_eval, conv_bn_relu_pool_train, conv_bn_train};
 pub use dispatch::{backend, enabled, set_enabled, Backend, Op};
 pub use error::KernelError;
 pub use max_pool::max_pool_3x3_s2;

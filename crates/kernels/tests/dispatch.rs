@@ -22,6 +22,14 @@ fn inputs(op: Op, dtype: DType) -> Vec<Tensor> {
         Op::ConvBnTrain | Op::ConvBnReluPoolTrain => {
             vec![map(), t(&[4, 4, 3, 3], dtype), ch(), ch()]
         }
+        Op::ConvBnEval => vec![
+            map(),
+            t(&[4, 4, 3, 3], dtype),
+            ch(),
+            ch(),
+            ch(),
+            ch().abs().unwrap(),
+        ],
         Op::MaxPool3x3S2 => vec![map()],
         Op::AddRelu => vec![map(), map()],
         Op::BasicBlockTrain => vec![
@@ -61,6 +69,10 @@ fn run(op: Op, x: &[Tensor]) -> Vec<Tensor> {
             fer_kernels::conv_bn_relu_pool_train(&x[0], &x[1], 1, 1, &x[2], &x[3], 1e-5)
                 .map(|(y, s)| vec![y, s.mean, s.var])
         }
+        Op::ConvBnEval => {
+            fer_kernels::conv_bn_eval(&x[0], &x[1], 1, 1, &x[2], &x[3], &x[4], &x[5], 1e-5, true)
+                .map(|y| vec![y])
+        }
         Op::MaxPool3x3S2 => fer_kernels::max_pool_3x3_s2(&x[0]).map(|y| vec![y]),
         Op::AddRelu => fer_kernels::add_relu(&x[0], &x[1]).map(|y| vec![y]),
         Op::BasicBlockTrain => {
@@ -95,7 +107,11 @@ fn run(op: Op, x: &[Tensor]) -> Vec<Tensor> {
 /// Every output of `op` and the gradients of a random weighting of them in every input.
 fn values_and_grads(op: Op, x: &[Tensor]) -> Vec<Vec<f64>> {
     // Eval-mode BatchNorm's running statistics are constants, as PyTorch's buffers are.
-    let differentiable = if op == Op::BatchNormEval { 3 } else { x.len() };
+    let differentiable = match op {
+        Op::BatchNormEval => 3,
+        Op::ConvBnEval => 4,
+        _ => x.len(),
+    };
     let vars: Vec<Var> = x[..differentiable]
         .iter()
         .map(|t| Var::from_tensor(t).unwrap())

@@ -34,15 +34,33 @@ impl BatchNorm {
         })
     }
 
-    /// Eval mode (running statistics), then a ReLU when `relu`.
     /// The scale and shift (`gamma`, `beta`).
     pub(crate) fn affine(&self) -> (&Tensor, &Tensor) {
         (&self.weight, &self.bias)
     }
 
-    pub(crate) fn eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+    /// Conv, then this BatchNorm with its running statistics (+ ReLU), as one op.
+    pub(crate) fn eval_after_conv(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+    ) -> Result<Tensor> {
         let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
-        fer_kernels::batch_norm_eval(x, &self.weight, &self.bias, mean, var, EPS, relu)
+        fer_kernels::conv_bn_eval(
+            x,
+            w,
+            stride,
+            padding,
+            &self.weight,
+            &self.bias,
+            mean,
+            var,
+            EPS,
+            relu,
+        )
     }
 
     /// Training mode on `conv2d(x, w, stride, padding)`, fused with the conv where the kernels

@@ -134,7 +134,7 @@ impl ConvBn {
             // One op where the kernels run: the conv output is no graph node of its own.
             self.bn.train_after_conv(x, weight, *stride, *padding, relu)
         } else {
-            self.bn.eval(&self.conv.forward(x)?, relu)
+            self.bn.eval_after_conv(x, weight, *stride, *padding, relu)
         }
     }
 

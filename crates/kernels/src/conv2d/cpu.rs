@@ -15,7 +15,7 @@ use super::direct::{self, lanes};
 use crate::error::KernelError;
 use crate::support::im2col::{col2im, im2col, scratch, Geom};
 use crate::support::matmul::{gemm, Mat};
-use crate::support::storage::{dims4, slice, with_data};
+use crate::support::storage::{dims4, relu, slice, with_data};
 
 pub(crate) fn geom(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geom> {
     let (xd, wd) = (dims4(x, "conv2d", "input")?, dims4(w, "conv2d", "weight")?);
@@ -222,13 +222,52 @@ fn images_to_side(g: &Geom, nb: usize, images: &[f32], side: &mut [f32]) {
 /// `y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, KH, KW])`: the direct kernels where they
 /// apply, else im2col + GEMM.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    forward_then(g, x, w, None)
+}
+
+/// Eval-mode BatchNorm (+ ReLU) applied to a conv's output while each block of it is still in
+/// cache: `v * scale[o] + shift[o]`, as `batch_norm::cpu::apply` computes it.
+pub(crate) struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Applies to whole images `[n, O, positions]`.
+    pub(crate) fn apply(&self, images: &mut [f32], positions: usize) {
+        let o = self.scale.len();
+        for (i, plane) in images.chunks_exact_mut(positions.max(1)).enumerate() {
+            let (sc, sh) = (self.scale[i % o], self.shift[i % o]);
+            if self.relu {
+                plane.iter_mut().for_each(|v| *v = relu(*v * sc + sh));
+            } else {
+                plane.iter_mut().for_each(|v| *v = *v * sc + sh);
+            }
+        }
+    }
+}
+
+/// [`forward`], then `epilogue` on each block of images as it is finished.
+pub(crate) fn forward_then(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    epilogue: Option<&Epilogue>,
+) -> Vec<f32> {
     if direct::applies(g) {
-        return direct::forward(g, x, w);
+        return direct::forward(g, x, w, epilogue);
     }
     if lanes::applies(g) {
-        return lanes::forward(g, x, w);
+        return lanes::forward(g, x, w, epilogue);
     }
-    forward_into(g, x, w, None)
+    let mut y = forward_into(g, x, w, None);
+    // The GEMM blocks here can be whole batches on all threads: one parallel pass after.
+    if let Some(e) = epilogue {
+        y.par_chunks_mut(g.o * g.n())
+            .for_each(|img| e.apply(img, g.n()));
+    }
+    y
 }
 
 /// [`forward`], also returning the column matrices when they are small enough to keep

@@ -8,6 +8,7 @@
 //! is kept inside the op for the backward, as the graph kept it before.
 
 pub(crate) mod cpu;
+mod eval;
 
 use std::sync::{Arc, OnceLock};
 
@@ -111,4 +112,64 @@ fn fused(
         count: g.b * g.n(),
     };
     Ok((y, stats))
+}
+
+/// Eval-mode conv + BatchNorm (+ ReLU): `conv2d(x, w)` normalised with the running statistics
+/// `mean` and `var` (`[O]`, constants, as PyTorch's buffers), scaled by `gamma` and shifted by
+/// `beta`. On the CPU the normalisation is applied to each block of the conv's output as it is
+/// finished, while it is in cache, instead of in a pass of its own over the whole output.
+/// Differentiable in `x`, `w`, `gamma` and `beta`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let dev = &Device::Cpu;
+/// let x = Tensor::ones((1, 1, 3, 3), DType::F32, dev)?;
+/// let w = Tensor::ones((1, 1, 3, 3), DType::F32, dev)?;
+/// let (gamma, beta) = (Tensor::new(&[0.5f32], dev)?, Tensor::new(&[-2f32], dev)?);
+/// let (mean, var) = (Tensor::new(&[1f32], dev)?, Tensor::new(&[1f32], dev)?);
+/// let y = fer_kernels::conv_bn_eval(&x, &w, 1, 1, &gamma, &beta, &mean, &var, 0.0, true)?;
+/// // (sum - 1) * 0.5 - 2: corners sum 4 (-0.5, cut by the ReLU), edges 6 (0.5), the centre 9 (2).
+/// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![0., 0.5, 0., 0.5, 2., 0.5, 0., 0.5, 0.]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    match backend(Op::ConvBnEval, &[x, w, gamma, beta, mean, var]) {
+        Backend::Cpu => {
+            let g = crate::conv2d::cpu::geom(x.shape(), w.shape(), stride, padding)?;
+            if [gamma, beta, mean, var].iter().any(|t| t.dims() != [g.o]) {
+                return Err(KernelError::EvalShapes {
+                    channels: g.o,
+                    gamma: gamma.dims().to_vec(),
+                    beta: beta.dims().to_vec(),
+                    mean: mean.dims().to_vec(),
+                    var: var.dims().to_vec(),
+                }
+                .into());
+            }
+            let gb = Tensor::stack(&[gamma, beta], 0)?;
+            let op = eval::ConvBnEval {
+                g,
+                mean: mean.to_vec1()?,
+                invstd: crate::batch_norm::cpu::invstd(&var.to_vec1::<f32>()?, eps),
+                relu,
+            };
+            x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)
+        }
+        Backend::Cuda | Backend::Candle => {
+            let y = crate::conv2d(x, w, stride, padding)?;
+            crate::batch_norm_eval(&y, gamma, beta, mean, var, eps, relu)
+        }
+    }
 }

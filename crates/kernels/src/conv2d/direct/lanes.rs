@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::{avx512, has_avx512, pack, pack_flipped, KC, LANES};
+use crate::conv2d::cpu::Epilogue;
 use crate::support::im2col::{scratch, Geom};
 use crate::support::out::uninit;
 
@@ -198,7 +199,7 @@ thread_local! {
 }
 
 /// `y [B, O, H, W] = conv(x [B, C, H, W], w [O, C, 3, 3])`, stride 1, padding 1.
-pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     let l = Lanes::new(g.h, g.w);
     let (packed, offs) = (pack(w, g.o, g.c), l.offsets(g.c, l.plane));
     let (il, on) = (g.image_len(), g.o * g.n());
@@ -213,6 +214,9 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                     l.deinterleave(out, g.o, yb);
                 });
             });
+            if let Some(e) = epilogue {
+                e.apply(yb, g.n());
+            }
         });
     y
 }
@@ -334,7 +338,7 @@ mod tests {
         ] {
             let g = Geom::new([b, c, h, w], [o, c, 3, 3], 1, 1).unwrap();
             assert!(applies_with(&g, 1));
-            check(&g, forward, backward);
+            check(&g, |g, x, w| forward(g, x, w, None), backward);
         }
         let odd = Geom::new([24, 8, 6, 6], [8, 8, 3, 3], 1, 1).unwrap();
         assert!(

@@ -22,6 +22,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::conv2d::cpu::Epilogue;
 use crate::support::im2col::{scratch, Geom};
 use crate::support::out::uninit;
 
@@ -245,7 +246,7 @@ const FORWARD_POSITIONS: usize = 768;
 const BACKWARD_POSITIONS: usize = 2048;
 
 /// `y [B, O, H, W] = conv(x [B, C, H, W], w [O, C, 3, 3])`, stride 1, padding 1.
-pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     let nb = per_block(g, FORWARD_POSITIONS);
     let packed = pack(w, g.o, g.c);
     let offs = Tall::new(g.h, g.w, nb).offsets(g.c);
@@ -266,6 +267,9 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 conv_planes(&packed, &offs, g.o, xp, t.q, out);
                 t.unpad(out, g.o, yb);
             });
+            if let Some(e) = epilogue {
+                e.apply(yb, g.n());
+            }
         });
     });
     y
@@ -486,7 +490,7 @@ mod tests {
         ] {
             let g = Geom::new([b, c, h, w], [o, c, 3, 3], 1, 1).unwrap();
             assert_eq!(applies(&g), h * w >= MIN_POSITIONS, "{b}x{c}x{h}x{w}");
-            check(&g, forward, backward);
+            check(&g, |g, x, w| forward(g, x, w, None), backward);
         }
     }
 }
