@@ -143,47 +143,68 @@ impl CustomOp3 for ConvBnTrain {
         dres: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
-        // The stem's input is the image batch, which nothing upstream differentiates.
-        let track_x = x.track_op();
-        let (dx, dw, dgb) = with_data(x, |x| {
-            with_data(w, |w| {
-                with_data(gb, |gb| {
-                    let recomputed;
-                    let saved = match self.saved.get() {
-                        Some(s) => s,
-                        None => {
-                            recomputed = self.run(x, w, gb).0;
-                            &recomputed
-                        }
-                    };
-                    let gamma = &gb[..g.o];
-                    let (dx, dw, dgamma, dbeta) = with_data(res, |res| {
-                        with_data(dres, |dres| {
-                            let (dz, z) = match &saved.z {
-                                Some(z) => {
-                                    let dz = pool::backward(g.b * g.o, g.ho, g.wo, z, dres);
-                                    (Cow::Owned(dz), z.as_slice())
-                                }
-                                None => (Cow::Borrowed(dres), res),
-                            };
-                            let relu_out = self.relu.then_some(z);
-                            Ok(train_backward(
-                                &g, saved, x, w, gamma, &dz, relu_out, track_x,
-                            ))
-                        })
-                    })?;
-                    Ok((dx, dw, [dgamma, dbeta].concat()))
+        grads(x, w, gb, res, dres, |x, w, gb, res, dres, track_x| {
+            let recomputed;
+            let saved = match self.saved.get() {
+                Some(s) => s,
+                None => {
+                    recomputed = self.run(x, w, gb).0;
+                    &recomputed
+                }
+            };
+            let (dz, z) = match &saved.z {
+                Some(z) => {
+                    let dz = pool::backward(g.b * g.o, g.ho, g.wo, z, dres);
+                    (Cow::Owned(dz), z.as_slice())
+                }
+                None => (Cow::Borrowed(dres), res),
+            };
+            let relu_out = self.relu.then_some(z);
+            let gamma = &gb[..g.o];
+            train_backward(&g, saved, x, w, gamma, &dz, relu_out, track_x)
+        })
+    }
+}
+
+/// The data of a conv + BatchNorm op's inputs `(x, w, [gamma; beta])`, its output and output
+/// gradient, and whether `x` wants a gradient, handed to `f`, whose `(dx, dw, dgamma, dbeta)`
+/// come back as the op's three input gradients.
+pub(crate) fn grads(
+    x: &Tensor,
+    w: &Tensor,
+    gb: &Tensor,
+    res: &Tensor,
+    dres: &Tensor,
+    f: impl FnOnce(
+        &[f32],
+        &[f32],
+        &[f32],
+        &[f32],
+        &[f32],
+        bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    // The stem's input is the image batch, which nothing upstream differentiates.
+    let track_x = x.track_op();
+    let (dx, dw, dgb) = with_data(x, |xs| {
+        with_data(w, |ws| {
+            with_data(gb, |gbs| {
+                with_data(res, |rs| {
+                    with_data(dres, |ds| {
+                        let (dx, dw, dgamma, dbeta) = f(xs, ws, gbs, rs, ds, track_x);
+                        Ok((dx, dw, [dgamma, dbeta].concat()))
+                    })
                 })
             })
-        })?;
-        let dev = &Device::Cpu;
-        let dx = dx
-            .map(|dx| Tensor::from_vec(dx, x.shape(), dev))
-            .transpose()?;
-        Ok((
-            dx,
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(dgb, gb.shape(), dev)?),
-        ))
-    }
+        })
+    })?;
+    let dev = &Device::Cpu;
+    let dx = dx
+        .map(|dx| Tensor::from_vec(dx, x.shape(), dev))
+        .transpose()?;
+    Ok((
+        dx,
+        Some(Tensor::from_vec(dw, w.shape(), dev)?),
+        Some(Tensor::from_vec(dgb, gb.shape(), dev)?),
+    ))
 }

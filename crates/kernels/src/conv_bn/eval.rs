@@ -1,12 +1,12 @@
 //! The fused eval-mode CPU op: conv, then BatchNorm with the running statistics (+ ReLU) on each
 //! block of the conv's output while it is in cache; the backward recomputes the conv output.
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::batch_norm::cpu::{self as batch_norm, Dims};
 use crate::conv2d::cpu::{self as conv, Epilogue};
 use crate::support::im2col::Geom;
-use crate::support::storage::{slice, with_data};
+use crate::support::storage::slice;
 
 pub(super) struct ConvBnEval {
     pub g: Geom,
@@ -61,38 +61,14 @@ impl CustomOp3 for ConvBnEval {
         dres: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.g;
-        let track_x = x.track_op();
-        let (dx, dw, dgb) = with_data(x, |x| {
-            with_data(w, |w| {
-                with_data(gb, |gb| {
-                    let y = conv::forward(&g, x, w);
-                    let (dy, dgamma, dbeta) = with_data(res, |res| {
-                        with_data(dres, |dres| {
-                            let relu_out = self.relu.then_some(res);
-                            Ok(batch_norm::backward::<false>(
-                                self.dims(),
-                                &y,
-                                dres,
-                                relu_out,
-                                &self.mean,
-                                &self.invstd,
-                                &gb[..g.o],
-                            ))
-                        })
-                    })?;
-                    let (dx, dw) = conv::backward(&g, x, &dy, w, track_x, None);
-                    Ok((dx, dw, [dgamma, dbeta].concat()))
-                })
-            })
-        })?;
-        let dev = &Device::Cpu;
-        let dx = dx
-            .map(|dx| Tensor::from_vec(dx, x.shape(), dev))
-            .transpose()?;
-        Ok((
-            dx,
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(dgb, gb.shape(), dev)?),
-        ))
+        super::cpu::grads(x, w, gb, res, dres, |x, w, gb, res, dres, track_x| {
+            let y = conv::forward(&g, x, w);
+            let relu_out = self.relu.then_some(res);
+            let (mean, invstd, gamma) = (&self.mean, &self.invstd, &gb[..g.o]);
+            let (dy, dgamma, dbeta) =
+                batch_norm::backward::<false>(self.dims(), &y, dres, relu_out, mean, invstd, gamma);
+            let (dx, dw) = conv::backward(&g, x, &dy, w, track_x, None);
+            (dx, dw, dgamma, dbeta)
+        })
     }
 }
