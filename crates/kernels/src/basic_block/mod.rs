@@ -4,11 +4,12 @@
 //!
 //! Built from [`conv_bn_train`](crate::conv_bn_train) and [`add_relu`](crate::add_relu), the
 //! block hands candle's autograd four map-sized gradients (the two conv outputs, both inputs of
-//! the residual sum), and candle meets each first one with a zero-filled tensor and an addition:
-//! two passes over the map per gradient, ~15 % of a training step of the FER-2013 model. As one
-//! op, those gradients stay inside it, the identity's is added in place, and autograd sees the
-//! block's input gradient alone. The six (nine) parameters travel as one flat tensor (a custom
-//! op takes at most three inputs), which costs one copy of them a step.
+//! the residual sum), and candle meets each first one with a zero-filled tensor and an addition
+//! (all such first gradients together were 12-15 % of a training step of the FER-2013 model). As
+//! one op, those gradients stay inside it, the identity's is added in place, and autograd sees
+//! the block's input gradient alone. The six (nine) parameters travel as one flat tensor (a
+//! custom op takes at most three inputs), which costs a copy of them and one more zero-filled
+//! gradient for them a step: where the weights outweigh the maps the block runs unfused.
 
 mod cpu;
 
