@@ -1,6 +1,6 @@
 //! ResNet-18/34/50 in torchvision's layout and tensor names, returning the tapped stage maps.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::bn::BatchNorm;
@@ -95,12 +95,6 @@ impl ConvShape {
         let per_output = self.in_channels * self.kernel * self.kernel;
         let outputs = self.out_channels * self.out_size() * self.out_size();
         2.0 * (batch * per_output * outputs) as f64
-    }
-}
-
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        fer_kernels::conv2d(x, &self.weight, self.stride, self.padding)
     }
 }
 

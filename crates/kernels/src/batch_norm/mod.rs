@@ -65,6 +65,27 @@ pub fn batch_norm_train(
 }
 
 /// That `gamma` and `beta` hold one value per channel of `c`.
+/// Eval mode's four per-channel tensors all `[c]`.
+pub(crate) fn check_eval(
+    c: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+) -> Result<()> {
+    if [gamma, beta, mean, var].iter().any(|t| t.dims() != [c]) {
+        return Err(KernelError::EvalShapes {
+            channels: c,
+            gamma: gamma.dims().to_vec(),
+            beta: beta.dims().to_vec(),
+            mean: mean.dims().to_vec(),
+            var: var.dims().to_vec(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 pub(crate) fn check_affine(c: usize, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     if gamma.dims() != [c] || beta.dims() != [c] {
         return Err(KernelError::Affine {
@@ -139,16 +160,7 @@ pub fn batch_norm_eval(
     relu: bool,
 ) -> Result<Tensor> {
     let c = x.dim(1)?;
-    if [gamma, beta, mean, var].iter().any(|t| t.dims() != [c]) {
-        return Err(KernelError::EvalShapes {
-            channels: c,
-            gamma: gamma.dims().to_vec(),
-            beta: beta.dims().to_vec(),
-            mean: mean.dims().to_vec(),
-            var: var.dims().to_vec(),
-        }
-        .into());
-    }
+    check_eval(c, gamma, beta, mean, var)?;
     if backend(Op::BatchNormEval, &[x, gamma, beta, mean, var]) != Backend::Cpu {
         let y = batch_norm_eval_plain(x, gamma, beta, mean, var, eps)?;
         return if relu { y.relu() } else { Ok(y) };

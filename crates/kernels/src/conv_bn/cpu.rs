@@ -99,7 +99,8 @@ pub(crate) fn train_backward(
     (dx, dw, dgamma, dbeta)
 }
 
-fn dims(g: &Geom) -> Dims {
+/// The BatchNorm dimensions of a conv's output.
+pub(crate) fn dims(g: &Geom) -> Dims {
     Dims {
         b: g.b,
         c: g.o,

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::batch_norm::cpu::{self as batch_norm, Dims};
+use crate::batch_norm::cpu as batch_norm;
 use crate::conv2d::cpu::{self as conv, Epilogue};
 use crate::support::im2col::Geom;
 use crate::support::storage::slice;
@@ -13,16 +13,6 @@ pub(super) struct ConvBnEval {
     pub mean: Vec<f32>,
     pub invstd: Vec<f32>,
     pub relu: bool,
-}
-
-impl ConvBnEval {
-    fn dims(&self) -> Dims {
-        Dims {
-            b: self.g.b,
-            c: self.g.o,
-            s: self.g.n(),
-        }
-    }
 }
 
 impl CustomOp3 for ConvBnEval {
@@ -65,8 +55,15 @@ impl CustomOp3 for ConvBnEval {
             let y = conv::forward(&g, x, w);
             let relu_out = self.relu.then_some(res);
             let (mean, invstd, gamma) = (&self.mean, &self.invstd, &gb[..g.o]);
-            let (dy, dgamma, dbeta) =
-                batch_norm::backward::<false>(self.dims(), &y, dres, relu_out, mean, invstd, gamma);
+            let (dy, dgamma, dbeta) = batch_norm::backward::<false>(
+                super::cpu::dims(&g),
+                &y,
+                dres,
+                relu_out,
+                mean,
+                invstd,
+                gamma,
+            );
             let (dx, dw) = conv::backward(&g, x, &dy, w, track_x, None);
             (dx, dw, dgamma, dbeta)
         })

@@ -148,16 +148,7 @@ pub fn conv_bn_eval(
     match backend(Op::ConvBnEval, &[x, w, gamma, beta, mean, var]) {
         Backend::Cpu => {
             let g = crate::conv2d::cpu::geom(x.shape(), w.shape(), stride, padding)?;
-            if [gamma, beta, mean, var].iter().any(|t| t.dims() != [g.o]) {
-                return Err(KernelError::EvalShapes {
-                    channels: g.o,
-                    gamma: gamma.dims().to_vec(),
-                    beta: beta.dims().to_vec(),
-                    mean: mean.dims().to_vec(),
-                    var: var.dims().to_vec(),
-                }
-                .into());
-            }
+            crate::batch_norm::check_eval(g.o, gamma, beta, mean, var)?;
             let gb = Tensor::stack(&[gamma, beta], 0)?;
             let op = eval::ConvBnEval {
                 g,
