@@ -14,7 +14,8 @@ use crate::conv2d::cpu::Epilogue;
 use crate::support::im2col::{scratch, Geom};
 use crate::support::out::uninit;
 
-/// Whether `g`'s forward runs here: a 3x3 stride-1 conv with padding 1, a batch in whole
+/// Whether `g`'s forward runs here: a 3x3 conv with padding 1 at stride 1, or at stride 2 on
+/// an even map (its input split into 2x2 phases, see [`super::phase_tap`]); a batch in whole
 /// sixteens with a sixteen for every thread (the forward runs a sixteen a thread), channel
 /// counts in whole eights, on a CPU with AVX-512F.
 pub(crate) fn applies(g: &Geom) -> bool {
@@ -22,16 +23,15 @@ pub(crate) fn applies(g: &Geom) -> bool {
 }
 
 fn applies_with(g: &Geom, threads: usize) -> bool {
-    let shape = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1;
     let sized = g.b.is_multiple_of(LANES) && g.b / LANES >= threads.max(1);
-    shape && sized && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && has_avx512()
+    super::shape(g) && sized && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && has_avx512()
 }
 
-/// Whether `g`'s backward runs here too: [`applies`], with enough positions over all images
-/// for a weight-gradient call to pay for summing its accumulators (36: 3x3 maps of 64 images
-/// ran level with im2col + GEMM; 4x4 maps of 32 images, 512 channels, 30 % slower).
+/// Whether `g`'s backward runs here too: [`applies`] at stride 1, with enough positions over
+/// all images for a weight-gradient call to pay for summing its accumulators (36: 3x3 maps of
+/// 64 images ran level with im2col + GEMM; 4x4 maps of 32 images, 512 channels, 30 % slower).
 pub(crate) fn applies_backward(g: &Geom) -> bool {
-    applies(g) && g.b / LANES * g.h * g.w >= 36
+    g.stride == 1 && applies(g) && g.b / LANES * g.h * g.w >= 36
 }
 
 /// The layout of sixteen images' zero-padded `h x w` planes, a position's sixteen values
@@ -67,25 +67,60 @@ impl Lanes {
             .collect()
     }
 
-    /// Writes sixteen images `src` (`[16, planes, h, w]`) into `dst` (`planes` padded planes).
-    fn interleave(&self, src: &[f32], planes: usize, dst: &mut [f32]) {
-        for (c, plane) in dst.chunks_exact_mut(self.plane).take(planes).enumerate() {
-            self.interleave_plane(src, planes, c, plane);
+    /// [`Self::offsets`] of a conv of stride 1 or 2 over planes written by
+    /// [`Self::interleave_at`] at that stride: at stride 2 each channel's taps spread over its
+    /// four phase planes.
+    fn offsets_at(&self, planes: usize, stride: usize) -> Vec<usize> {
+        if stride == 1 {
+            return self.offsets(planes, self.plane);
+        }
+        (0..planes * 9)
+            .map(|k| {
+                let (phase, ry, rx) = super::phase_tap(k % 9);
+                ((k / 9) * 4 + phase) * self.plane + (ry * self.wp + rx) * LANES
+            })
+            .collect()
+    }
+
+    /// Writes sixteen images `src` (`[16, planes, h * stride, w * stride]`) into `dst`: at
+    /// stride 1 a padded plane per channel, at stride 2 four, the channel's 2x2 phases (see
+    /// [`super::phase_tap`]).
+    fn interleave_at(&self, src: &[f32], planes: usize, stride: usize, dst: &mut [f32]) {
+        let phases = stride * stride;
+        let planes_out = dst.chunks_exact_mut(self.plane).take(planes * phases);
+        for (k, plane) in planes_out.enumerate() {
+            let phase = k % phases;
+            let at = (stride, phase / stride, phase % stride);
+            self.interleave_phase(src, planes, k / phases, at, plane);
         }
     }
 
     /// Writes channel `c` of sixteen images `src` (`[16, planes, h, w]`) into the padded plane
     /// `dst`.
     fn interleave_plane(&self, src: &[f32], planes: usize, c: usize, dst: &mut [f32]) {
-        let hw = self.h * self.w;
+        self.interleave_phase(src, planes, c, (1, 0, 0), dst)
+    }
+
+    /// Writes the values `x[stride * y + p, stride * x + q]` of channel `c` of sixteen images
+    /// `src` (`[16, planes, h * stride, w * stride]`) into the padded plane `dst`.
+    fn interleave_phase(
+        &self,
+        src: &[f32],
+        planes: usize,
+        c: usize,
+        (stride, p, q): (usize, usize, usize),
+        dst: &mut [f32],
+    ) {
+        let wi = self.w * stride;
+        let hw = self.h * stride * wi;
         dst[..self.plane].fill(0.0);
         for j in 0..LANES {
             let image = &src[(j * planes + c) * hw..(j * planes + c + 1) * hw];
-            for (y, row) in image.chunks_exact(self.w).enumerate() {
+            for y in 0..self.h {
+                let row = image[(y * stride + p) * wi + q..].iter().step_by(stride);
                 let start = ((y + 1) * self.wp + 1) * LANES + j;
-                for (d, v) in dst[start..].iter_mut().step_by(LANES).zip(row) {
-                    *d = *v;
-                }
+                let dst = dst[start..].iter_mut().step_by(LANES).take(self.w);
+                dst.zip(row).for_each(|(d, v)| *d = *v);
             }
         }
     }
@@ -198,17 +233,20 @@ thread_local! {
     static OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `y [B, O, H, W] = conv(x [B, C, H, W], w [O, C, 3, 3])`, stride 1, padding 1.
+/// `y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, 3, 3])`, padding 1, stride 1 or 2
+/// ([`applies`]).
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
-    let l = Lanes::new(g.h, g.w);
-    let (packed, offs) = (pack(w, g.o, g.c), l.offsets(g.c, l.plane));
+    let l = Lanes::new(g.ho, g.wo);
+    let (packed, offs) = (pack(w, g.o, g.c), l.offsets_at(g.c, g.stride));
+    let planes = g.c * g.stride * g.stride;
     let (il, on) = (g.image_len(), g.o * g.n());
     let mut y = uninit(g.b * on);
     y.par_chunks_mut(LANES * on)
         .enumerate()
         .for_each(|(i, yb)| {
-            scratch(&IN, g.c * l.plane, |xp| {
-                l.interleave(&x[i * LANES * il..(i + 1) * LANES * il], g.c, xp);
+            scratch(&IN, planes * l.plane, |xp| {
+                let images = &x[i * LANES * il..(i + 1) * LANES * il];
+                l.interleave_at(images, g.c, g.stride, xp);
                 scratch(&OUT, g.o * l.out, |out| {
                     conv(&l, &packed, &offs, g.o, xp, out);
                     l.deinterleave(out, g.o, yb);
@@ -350,5 +388,32 @@ mod tests {
             applies_with(&one, 1) && !applies_with(&one, 2),
             "a sixteen a thread"
         );
+    }
+
+    /// Stride 2 (the forward alone) against the definition, sixteen images to a vector: even
+    /// maps down to 2x2, square or not, several sixteens a thread; no backward at stride 2.
+    #[test]
+    fn stride_two_forward_matches_the_definition() {
+        use crate::conv2d::direct::tests::{assert_close, reference_forward, vals};
+        if !has_avx512() {
+            eprintln!("no AVX-512F on this CPU: the direct conv is not used here");
+            return;
+        }
+        for (b, c, o, h, w) in [
+            (16, 8, 8, 12, 12),
+            (32, 16, 8, 6, 6),
+            (16, 8, 16, 2, 2),
+            (16, 40, 8, 4, 10),
+        ] {
+            let g = Geom::new([b, c, h, w], [o, c, 3, 3], 2, 1).unwrap();
+            assert!(applies_with(&g, 1) && !applies_backward(&g));
+            let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
+            let what = format!("stride 2, {b}x{c}x{h}x{w} -> {o}");
+            assert_close(
+                &forward(&g, &x, &wt, None),
+                &reference_forward(&g, &x, &wt),
+                &what,
+            );
+        }
     }
 }

@@ -26,13 +26,43 @@ use crate::conv2d::cpu::Epilogue;
 use crate::support::im2col::{scratch, Geom};
 use crate::support::out::uninit;
 
-/// Whether `g` runs here: a 3x3 stride-1 conv with padding 1 on maps of at least
-/// [`MIN_POSITIONS`], whose channel counts fill whole blocks of eight, on a CPU with AVX-512F.
+/// Whether `g` runs here, forward and backward: a 3x3 stride-1 conv with padding 1 on maps of
+/// at least [`MIN_POSITIONS`], whose channel counts fill whole blocks of eight, on a CPU with
+/// AVX-512F.
 pub(crate) fn applies(g: &Geom) -> bool {
-    let shape = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1;
+    g.stride == 1 && applies_forward(g)
+}
+
+/// Whether `g`'s forward runs here: [`applies`], or the same conv at stride 2 on a map of even
+/// height and width (see [`phase_tap`]) with at least [`MIN_POSITIONS`] output positions.
+pub(crate) fn applies_forward(g: &Geom) -> bool {
     let sized =
-        g.h * g.w >= MIN_POSITIONS && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && g.b > 0;
-    shape && sized && has_avx512()
+        g.ho * g.wo >= MIN_POSITIONS && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && g.b > 0;
+    shape(g) && sized && has_avx512()
+}
+
+/// A 3x3 conv with padding 1, at stride 1, or at stride 2 on an even map.
+pub(super) fn shape(g: &Geom) -> bool {
+    let even = g.h.is_multiple_of(2) && g.w.is_multiple_of(2);
+    let stride = g.stride == 1 || (g.stride == 2 && even);
+    g.kh == 3 && g.kw == 3 && g.pad == 1 && stride
+}
+
+/// Where tap `t = ki * 3 + kj` of a stride-2 conv reads in the 2x2 phase split of its input.
+///
+/// Phase `p * 2 + q` holds `x[2y + p, 2x + q]`; output `(i, j)`'s tap reads
+/// `x[2i + ki - 1, 2j + kj - 1]`, which is phase `(p, q)` at `(i + dy, j + dx)` with `dy, dx`
+/// in {-1, 0}. So a stride-2 conv is a stride-1 conv over four planes per channel, each
+/// holding some of the nine taps, with the same multiply-adds. Returns the phase and
+/// `(dy + 1, dx + 1)`: the tap's row and column from a position in planes padded by one.
+pub(super) fn phase_tap(t: usize) -> (usize, usize, usize) {
+    let split = |k: usize| match k {
+        0 => (1, 0),
+        1 => (0, 1),
+        _ => (1, 1),
+    };
+    let ((p, ry), (q, rx)) = (split(t / 3), split(t % 3));
+    (p * 2 + q, ry, rx)
 }
 
 /// Below this many positions per map (10x10) the dropped border positions (56 % more work at
@@ -106,16 +136,48 @@ impl Tall {
             .collect()
     }
 
+    /// [`Self::offsets`] of a conv of stride 1 or 2 over planes written by [`Self::pad`] at
+    /// that stride: at stride 2 each channel's taps spread over its four phase planes.
+    fn offsets_at(&self, planes: usize, stride: usize) -> Vec<usize> {
+        if stride == 1 {
+            return self.offsets(planes);
+        }
+        (0..planes * 9)
+            .map(|k| {
+                let (phase, ry, rx) = phase_tap(k % 9);
+                ((k / 9) * 4 + phase) * self.ls + ry * self.wp + rx
+            })
+            .collect()
+    }
+
     /// Writes `src` (`[n, planes, h, w]`) into `dst` (`planes` tall planes of `ls`).
     fn pad(&self, src: &[f32], planes: usize, dst: &mut [f32]) {
-        let hw = self.h * self.w;
-        dst[..planes * self.ls].fill(0.0);
-        for (j, image) in src.chunks_exact(planes * hw).take(self.n).enumerate() {
-            for (c, plane) in image.chunks_exact(hw).enumerate() {
-                let base = c * self.ls + self.origin() + j * self.s;
-                for (y, row) in plane.chunks_exact(self.w).enumerate() {
-                    let start = base + y * self.wp;
-                    dst[start..start + self.w].copy_from_slice(row);
+        self.pad_at(src, planes, 1, dst)
+    }
+
+    /// Writes `src` (`[n, planes, h * stride, w * stride]`) into `dst`: at stride 1 as
+    /// [`Self::pad`], at stride 2 as four tall planes per channel, its 2x2 phases (see
+    /// [`phase_tap`]).
+    fn pad_at(&self, src: &[f32], planes: usize, stride: usize, dst: &mut [f32]) {
+        let phases = stride * stride;
+        let (hi, wi) = (self.h * stride, self.w * stride);
+        dst[..planes * phases * self.ls].fill(0.0);
+        for (j, image) in src.chunks_exact(planes * hi * wi).take(self.n).enumerate() {
+            for (c, plane) in image.chunks_exact(hi * wi).enumerate() {
+                for phase in 0..phases {
+                    let (p, q) = (phase / stride, phase % stride);
+                    let base = (c * phases + phase) * self.ls + self.origin() + j * self.s;
+                    for y in 0..self.h {
+                        let row = &plane[(y * stride + p) * wi..][..wi];
+                        let start = base + y * self.wp;
+                        let dst = &mut dst[start..start + self.w];
+                        if stride == 1 {
+                            dst.copy_from_slice(row);
+                        } else {
+                            let src = row[q..].iter().step_by(stride);
+                            dst.iter_mut().zip(src).for_each(|(d, v)| *d = *v);
+                        }
+                    }
                 }
             }
         }
@@ -235,7 +297,7 @@ thread_local! {
 
 /// Images per block: blocks in whole rounds of the threads, of about `target` positions.
 fn per_block(g: &Geom, target: usize) -> usize {
-    let s = (g.h + 1) * (g.w + 2);
+    let s = (g.ho + 1) * (g.wo + 2);
     crate::conv2d::cpu::block_size(g.b, s, rayon::current_num_threads(), target)
 }
 
@@ -245,24 +307,26 @@ const FORWARD_POSITIONS: usize = 768;
 /// lanes at the end, which at 768 positions cost a third of the call.
 const BACKWARD_POSITIONS: usize = 2048;
 
-/// `y [B, O, H, W] = conv(x [B, C, H, W], w [O, C, 3, 3])`, stride 1, padding 1.
+/// `y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, 3, 3])`, padding 1, stride 1 or 2
+/// ([`applies_forward`]).
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     let nb = per_block(g, FORWARD_POSITIONS);
     let packed = pack(w, g.o, g.c);
-    let offs = Tall::new(g.h, g.w, nb).offsets(g.c);
+    let (s, planes) = (g.stride, g.c * g.stride * g.stride);
+    let offs = Tall::new(g.ho, g.wo, nb).offsets_at(g.c, s);
     let (il, on) = (g.image_len(), g.o * g.n());
     let mut y = uninit(g.b * on);
     y.par_chunks_mut(nb * on).enumerate().for_each(|(i, yb)| {
         let n = yb.len() / on;
         // The last block may be shorter: its planes are shorter too.
-        let t = Tall::new(g.h, g.w, n);
+        let t = Tall::new(g.ho, g.wo, n);
         let offs = if n == nb {
             Cow::Borrowed(&offs)
         } else {
-            Cow::Owned(t.offsets(g.c))
+            Cow::Owned(t.offsets_at(g.c, s))
         };
-        scratch(&IN, g.c * t.ls, |xp| {
-            t.pad(&x[i * nb * il..(i * nb + n) * il], g.c, xp);
+        scratch(&IN, planes * t.ls, |xp| {
+            t.pad_at(&x[i * nb * il..(i * nb + n) * il], g.c, s, xp);
             scratch(&OUT, g.o * t.q, |out| {
                 conv_planes(&packed, &offs, g.o, xp, t.q, out);
                 t.unpad(out, g.o, yb);
@@ -443,6 +507,31 @@ mod tests {
         [y, dx, dw]
     }
 
+    /// The forward by its definition at any stride, in f64:
+    /// `y[b, o, i, j] = sum w[o, c, ki, kj] * x[b, c, s * i + ki - 1, s * j + kj - 1]`.
+    pub(super) fn reference_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let mut y = vec![0.0; g.b * g.o * g.n()];
+        for (i, y) in y.iter_mut().enumerate() {
+            let (b, o, oy, ox) = (
+                i / (g.o * g.n()),
+                i / g.n() % g.o,
+                i / g.wo % g.ho,
+                i % g.wo,
+            );
+            for c in 0..g.c {
+                for t in 0..9 {
+                    let yi = (g.stride * oy + t / 3).checked_sub(1).filter(|&v| v < g.h);
+                    let xj = (g.stride * ox + t % 3).checked_sub(1).filter(|&v| v < g.w);
+                    if let (Some(yi), Some(xj)) = (yi, xj) {
+                        let xv = x[((b * g.c + c) * g.h + yi) * g.w + xj] as f64;
+                        *y += w[(o * g.c + c) * 9 + t] as f64 * xv;
+                    }
+                }
+            }
+        }
+        y
+    }
+
     type Backward = fn(&Geom, &[f32], &[f32], &[f32], bool) -> (Option<Vec<f32>>, Vec<f32>);
 
     /// `forward` and `backward` (with and without the input gradient) against the definition.
@@ -492,5 +581,28 @@ mod tests {
             assert_eq!(applies(&g), h * w >= MIN_POSITIONS, "{b}x{c}x{h}x{w}");
             check(&g, |g, x, w| forward(g, x, w, None), backward);
         }
+    }
+
+    /// Stride 2 (the forward alone) against the definition: even maps whose outputs fill one
+    /// block or several, square or not, a short last block; odd maps stay off this path.
+    #[test]
+    fn stride_two_forward_matches_the_definition() {
+        if !has_avx512() {
+            eprintln!("no AVX-512F on this CPU: the direct conv is not used here");
+            return;
+        }
+        for (b, c, o, h, w) in [(5, 8, 16, 24, 24), (2, 16, 8, 20, 22), (3, 40, 8, 48, 20)] {
+            let g = Geom::new([b, c, h, w], [o, c, 3, 3], 2, 1).unwrap();
+            assert!(applies_forward(&g) && !applies(&g), "{b}x{c}x{h}x{w}");
+            let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
+            let what = format!("stride 2, {b}x{c}x{h}x{w} -> {o}");
+            assert_close(
+                &forward(&g, &x, &wt, None),
+                &reference_forward(&g, &x, &wt),
+                &what,
+            );
+        }
+        let odd = Geom::new([2, 8, 25, 24], [8, 8, 3, 3], 2, 1).unwrap();
+        assert!(!applies_forward(&odd), "an odd map");
     }
 }
