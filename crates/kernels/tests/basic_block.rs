@@ -114,6 +114,7 @@ fn identity_block_on_direct_and_im2col_maps() {
 #[test]
 fn downsample_block() {
     compare(&block(4, 8, 16, 11, 2), "8 -> 16, stride 2, 11x11");
+    compare(&block(3, 8, 16, 24, 2), "8 -> 16, stride 2, 24x24 (direct)");
     compare(&block(2, 8, 16, 12, 1), "8 -> 16, stride 1, 12x12");
 }
 

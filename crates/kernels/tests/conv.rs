@@ -42,6 +42,10 @@ const CASES: &[Case] = &[
     // Small maps of a batch in whole sixteens: sixteen images to a vector (AVX-512).
     (32, 8, 6, 6, 16, 3, 1, 1),
     (48, 16, 3, 3, 8, 3, 1, 1),
+    // Stride-2 3x3 convs of even maps: the same kernels over the input's 2x2 phases, from
+    // tall planes (>= 100 output positions) or sixteen images to a vector.
+    (3, 8, 24, 20, 16, 3, 2, 1),
+    (64, 8, 12, 12, 8, 3, 2, 1),
 ];
 
 #[test]

@@ -255,7 +255,7 @@ pub(crate) fn forward_then(
     w: &[f32],
     epilogue: Option<&Epilogue>,
 ) -> Vec<f32> {
-    if direct::applies_forward(g) {
+    if direct::applies(g) {
         return direct::forward(g, x, w, epilogue);
     }
     if lanes::applies(g) {

@@ -83,8 +83,9 @@ pub(super) unsafe fn forward_block_nv(
 }
 
 /// Adds to `dw[m][ki * 3 + kj]` the sum over positions `i < 16 * vecs` of
-/// `dy[m * dy_ld + i] * x[ki * wp + kj + i]`: the weight gradient of `MO` output channels
-/// against the nine taps of one input channel.
+/// `dy[m * dy_ld + i] * x[rows[ki] + cols[kj] + i]`: the weight gradient of `MO` output
+/// channels against the nine taps of one input channel (at stride 1 `rows = [0, wp, 2 * wp]`
+/// and `cols = [0, 1, 2]`; at stride 2 they reach into the channel's phase planes).
 ///
 /// # Safety
 /// The CPU has AVX-512F; every address named above is readable.
@@ -93,14 +94,14 @@ pub(super) unsafe fn weight_block<const MO: usize>(
     dy: *const f32,
     dy_ld: usize,
     x: *const f32,
-    wp: usize,
+    (rows, cols): ([usize; 3], [usize; 3]),
     vecs: usize,
     dw: &mut [[f32; 9]; MO],
 ) {
     let mut acc: [[__m512; 9]; MO] = [[_mm512_setzero_ps(); 9]; MO];
-    // One pointer per kernel row, the column as a constant displacement: with a pointer per
-    // tap the loop ran out of general registers and spilled the accumulators.
-    let rows = [x, x.add(wp), x.add(2 * wp)];
+    // One pointer per kernel row and one per kernel column: with a pointer per tap the loop
+    // ran out of general registers and spilled the accumulators.
+    let rows = rows.map(|r| x.add(r));
     for i in 0..vecs {
         let p = i * LANES;
         let mut d = [_mm512_setzero_ps(); MO];
@@ -108,8 +109,8 @@ pub(super) unsafe fn weight_block<const MO: usize>(
             *d = _mm512_loadu_ps(dy.add(m * dy_ld + p));
         }
         for (ki, row) in rows.iter().enumerate() {
-            for kj in 0..3 {
-                let xv = _mm512_loadu_ps(row.add(p + kj));
+            for (kj, col) in cols.iter().enumerate() {
+                let xv = _mm512_loadu_ps(row.add(p + col));
                 for (acc, d) in acc.iter_mut().zip(&d) {
                     acc[ki * 3 + kj] = _mm512_fmadd_ps(*d, xv, acc[ki * 3 + kj]);
                 }
@@ -121,8 +122,9 @@ pub(super) unsafe fn weight_block<const MO: usize>(
 
 /// Adds to `dw[m][ki * 3 + kj]` the sum over groups `j < groups`, positions `(oy, ox)` of a
 /// `h x w` map and lanes `l` of `dy[m * dy_ld + j * step + ((oy + 1) * wp + ox + 1) * 16 + l] *
-/// x[j * step + ((oy + ki) * wp + ox + kj) * 16 + l]`: [`weight_block`] over padded planes
-/// that hold one position of sixteen images per vector, `step` apart per sixteen images.
+/// x[j * step + rows[ki] + cols[kj] + (oy * wp + ox) * 16 + l]`: [`weight_block`] over padded
+/// planes that hold one position of sixteen images per vector, `step` apart per sixteen images
+/// (at stride 1 `rows = [0, 16 * wp, 32 * wp]`, `cols = [0, 16, 32]`).
 ///
 /// # Safety
 /// The CPU has AVX-512F; every address named above is readable.
@@ -132,6 +134,7 @@ pub(super) unsafe fn lanes_weight_block<const MO: usize>(
     dy: *const f32,
     dy_ld: usize,
     x: *const f32,
+    (rows, cols): ([usize; 3], [usize; 3]),
     step: usize,
     groups: usize,
     (h, w, wp): (usize, usize, usize),
@@ -143,7 +146,7 @@ pub(super) unsafe fn lanes_weight_block<const MO: usize>(
         let (dy, x) = (dy.add(j * step), x.add(j * step));
         for oy in 0..h {
             let xr = x.add(oy * row);
-            let rows = [xr, xr.add(row), xr.add(2 * row)];
+            let rows = rows.map(|r| xr.add(r));
             let dyr = dy.add((oy + 1) * row + LANES);
             for ox in 0..w {
                 let p = ox * LANES;
@@ -152,8 +155,8 @@ pub(super) unsafe fn lanes_weight_block<const MO: usize>(
                     *d = _mm512_loadu_ps(dyr.add(m * dy_ld + p));
                 }
                 for (ki, row) in rows.iter().enumerate() {
-                    for kj in 0..3 {
-                        let xv = _mm512_loadu_ps(row.add(p + kj * LANES));
+                    for (kj, col) in cols.iter().enumerate() {
+                        let xv = _mm512_loadu_ps(row.add(p + col));
                         for (acc, d) in acc.iter_mut().zip(&d) {
                             acc[ki * 3 + kj] = _mm512_fmadd_ps(*d, xv, acc[ki * 3 + kj]);
                         }

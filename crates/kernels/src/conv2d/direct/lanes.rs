@@ -1,4 +1,4 @@
-//! Stride-1 3x3 convs on small maps, sixteen images to a vector.
+//! 3x3 convs (stride 1, or 2 on even maps) on small maps, sixteen images to a vector.
 //!
 //! The tall planes of the parent module compute every border position they hold: 56 % more
 //! work at 6x6 and almost three times the work at 3x3. Here a vector holds one position of
@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{avx512, has_avx512, pack, pack_flipped, KC, LANES};
+use super::{avx512, grad_taps, has_avx512, pack, pack_taps, tap_at, tap_grid, KC, LANES};
 use crate::conv2d::cpu::Epilogue;
 use crate::support::im2col::{scratch, Geom};
 use crate::support::out::uninit;
@@ -27,11 +27,11 @@ fn applies_with(g: &Geom, threads: usize) -> bool {
     super::shape(g) && sized && g.o.is_multiple_of(8) && g.c.is_multiple_of(8) && has_avx512()
 }
 
-/// Whether `g`'s backward runs here too: [`applies`] at stride 1, with enough positions over
-/// all images for a weight-gradient call to pay for summing its accumulators (36: 3x3 maps of
-/// 64 images ran level with im2col + GEMM; 4x4 maps of 32 images, 512 channels, 30 % slower).
+/// Whether `g`'s backward runs here too: [`applies`], with enough output positions over all
+/// images for a weight-gradient call to pay for summing its accumulators (36: 3x3 maps of 64
+/// images ran level with im2col + GEMM; 4x4 maps of 32 images, 512 channels, 30 % slower).
 pub(crate) fn applies_backward(g: &Geom) -> bool {
-    g.stride == 1 && applies(g) && g.b / LANES * g.h * g.w >= 36
+    applies(g) && g.b / LANES * g.ho * g.wo >= 36
 }
 
 /// The layout of sixteen images' zero-padded `h x w` planes, a position's sixteen values
@@ -60,25 +60,33 @@ impl Lanes {
         }
     }
 
-    /// Offsets of the taps of `planes` input planes `stride` apart, plane-major.
-    fn offsets(&self, planes: usize, stride: usize) -> Vec<usize> {
+    /// The taps of a conv of `stride` over `planes` channels written by
+    /// [`Self::interleave_at`], planes `apart` floats apart, channel-major: at stride 2 each
+    /// channel's taps spread over its four phase planes.
+    fn offsets_at(&self, planes: usize, stride: usize, apart: usize) -> Vec<usize> {
         (0..planes * 9)
-            .map(|k| (k / 9) * stride + ((k % 9 / 3) * self.wp + k % 3) * LANES)
+            .map(|k| {
+                let (plane, ry, rx) = tap_at(stride, k % 9);
+                ((k / 9) * stride * stride + plane) * apart + (ry * self.wp + rx) * LANES
+            })
             .collect()
     }
 
-    /// [`Self::offsets`] of a conv of stride 1 or 2 over planes written by
-    /// [`Self::interleave_at`] at that stride: at stride 2 each channel's taps spread over its
-    /// four phase planes.
-    fn offsets_at(&self, planes: usize, stride: usize) -> Vec<usize> {
-        if stride == 1 {
-            return self.offsets(planes, self.plane);
-        }
-        (0..planes * 9)
-            .map(|k| {
-                let (phase, ry, rx) = super::phase_tap(k % 9);
-                ((k / 9) * 4 + phase) * self.plane + (ry * self.wp + rx) * LANES
-            })
+    /// The input gradient's taps into `planes` padded output-gradient planes `apart` floats
+    /// apart: `taps` mirrored, as `Tall::grad_offsets` has them.
+    fn grad_offsets(
+        &self,
+        planes: usize,
+        stride: usize,
+        taps: &[usize],
+        apart: usize,
+    ) -> Vec<usize> {
+        let tap = |t: usize| {
+            let (_, ry, rx) = tap_at(stride, t);
+            ((2 - ry) * self.wp + 2 - rx) * LANES
+        };
+        (0..planes)
+            .flat_map(|o| taps.iter().map(move |&t| o * apart + tap(t)))
             .collect()
     }
 
@@ -93,12 +101,6 @@ impl Lanes {
             let at = (stride, phase / stride, phase % stride);
             self.interleave_phase(src, planes, k / phases, at, plane);
         }
-    }
-
-    /// Writes channel `c` of sixteen images `src` (`[16, planes, h, w]`) into the padded plane
-    /// `dst`.
-    fn interleave_plane(&self, src: &[f32], planes: usize, c: usize, dst: &mut [f32]) {
-        self.interleave_phase(src, planes, c, (1, 0, 0), dst)
     }
 
     /// Writes the values `x[stride * y + p, stride * x + q]` of channel `c` of sixteen images
@@ -125,21 +127,30 @@ impl Lanes {
         }
     }
 
-    /// All `groups` sixteens of images `src` (`[16 * groups, planes, h, w]`) as padded planes
-    /// `[planes, groups]`: a channel's planes side by side, for one pass over every image. The
-    /// planes start at the returned offset, on a cache line.
-    fn interleave_all(&self, src: &[f32], planes: usize, groups: usize) -> (Vec<f32>, usize) {
-        let per_group = LANES * planes * self.h * self.w;
-        let len = planes * groups * self.plane;
+    /// All `groups` sixteens of images `src` (`[16 * groups, planes, h * stride, w * stride]`)
+    /// as padded planes `[planes * stride^2, groups]`: a plane's sixteens side by side, for one
+    /// pass over every image. The planes start at the returned offset, on a cache line.
+    fn interleave_all(
+        &self,
+        src: &[f32],
+        planes: usize,
+        stride: usize,
+        groups: usize,
+    ) -> (Vec<f32>, usize) {
+        let phases = stride * stride;
+        let per_group = LANES * planes * self.h * self.w * phases;
+        let len = planes * phases * groups * self.plane;
         let mut buf = uninit(len + LANES);
         let start = line_start(&buf);
         buf[start..start + len]
             .par_chunks_mut(groups * self.plane)
             .enumerate()
-            .for_each(|(c, channel)| {
-                for (j, plane) in channel.chunks_exact_mut(self.plane).enumerate() {
+            .for_each(|(k, planes_k)| {
+                let (c, phase) = (k / phases, k % phases);
+                let at = (stride, phase / stride, phase % stride);
+                for (j, plane) in planes_k.chunks_exact_mut(self.plane).enumerate() {
                     let images = &src[j * per_group..(j + 1) * per_group];
-                    self.interleave_plane(images, planes, c, plane);
+                    self.interleave_phase(images, planes, c, at, plane);
                 }
             });
         (buf, start)
@@ -147,12 +158,30 @@ impl Lanes {
 
     /// Writes `src` (`planes` output planes) into sixteen images `dst` (`[16, planes, h, w]`).
     fn deinterleave(&self, src: &[f32], planes: usize, dst: &mut [f32]) {
-        let hw = self.h * self.w;
+        self.deinterleave_at(src, planes, (1, 0), dst)
+    }
+
+    /// [`Self::deinterleave`] into the positions `(stride * y + p, stride * x + q)` of `dst`
+    /// (`[16, planes, h * stride, w * stride]`) for `phase = p * stride + q`.
+    fn deinterleave_at(
+        &self,
+        src: &[f32],
+        planes: usize,
+        (stride, phase): (usize, usize),
+        dst: &mut [f32],
+    ) {
+        let (p, q) = (phase / stride, phase % stride);
+        let wi = self.w * stride;
+        let hw = self.h * stride * wi;
         for (c, plane) in src.chunks_exact(self.out).take(planes).enumerate() {
             for j in 0..LANES {
                 let image = &mut dst[(j * planes + c) * hw..(j * planes + c + 1) * hw];
-                for (d, v) in image.iter_mut().zip(plane[j..].iter().step_by(LANES)) {
-                    *d = *v;
+                let mut values = plane[j..].iter().step_by(LANES);
+                for y in 0..self.h {
+                    let row = image[(y * stride + p) * wi + q..]
+                        .iter_mut()
+                        .step_by(stride);
+                    row.take(self.w).zip(&mut values).for_each(|(d, v)| *d = *v);
                 }
             }
         }
@@ -237,7 +266,7 @@ thread_local! {
 /// ([`applies`]).
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     let l = Lanes::new(g.ho, g.wo);
-    let (packed, offs) = (pack(w, g.o, g.c), l.offsets_at(g.c, g.stride));
+    let (packed, offs) = (pack(w, g.o, g.c), l.offsets_at(g.c, g.stride, l.plane));
     let planes = g.c * g.stride * g.stride;
     let (il, on) = (g.image_len(), g.o * g.n());
     let mut y = uninit(g.b * on);
@@ -271,31 +300,49 @@ pub(crate) fn backward(
     w: &[f32],
     want_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
-    let l = Lanes::new(g.h, g.w);
+    let (l, s) = (Lanes::new(g.ho, g.wo), g.stride);
     let groups = g.b / LANES;
     let step = groups * l.plane;
-    let (dy_buf, dy_start) = l.interleave_all(dy, g.o, groups);
+    let (dy_buf, dy_start) = l.interleave_all(dy, g.o, 1, groups);
     let dyp = &dy_buf[dy_start..];
     let dx = want_dx.then(|| {
-        let (packed, offs) = (pack_flipped(w, g.o, g.c), l.offsets(g.o, step));
+        // One conv per plane of the input gradient (four phases at stride 2).
+        let convs: Vec<_> = grad_taps(s)
+            .into_iter()
+            .map(|(plane, taps)| {
+                let offs = l.grad_offsets(g.o, s, &taps, step);
+                (plane, pack_taps(w, g.o, g.c, &taps), offs)
+            })
+            .collect();
         let il = g.image_len();
         let mut dx = uninit(g.b * il);
         dx.par_chunks_mut(LANES * il)
             .enumerate()
             .for_each(|(j, dxg)| {
                 aligned_scratch(&OUT, g.c * l.out, |out| {
-                    conv(&l, &packed, &offs, g.c, &dyp[j * l.plane..], out);
-                    l.deinterleave(out, g.c, dxg);
+                    for (plane, packed, offs) in &convs {
+                        conv(&l, packed, offs, g.c, &dyp[j * l.plane..], out);
+                        l.deinterleave_at(out, g.c, (s, *plane), dxg);
+                    }
                 });
             });
         dx
     });
-    let (x_buf, x_start) = l.interleave_all(x, g.c, groups);
+    let (x_buf, x_start) = l.interleave_all(x, g.c, s, groups);
     let xp = &x_buf[x_start..];
+    let per_channel = s * s * step;
     // One input channel a task: `[C, O, 9]`, transposed into `[O, C, 9]` below.
     let per_channel: Vec<Vec<f32>> = (0..g.c)
         .into_par_iter()
-        .map(|c| weight_grad(g, &l, dyp, &xp[c * step..(c + 1) * step], groups))
+        .map(|c| {
+            weight_grad(
+                g,
+                &l,
+                dyp,
+                &xp[c * per_channel..(c + 1) * per_channel],
+                groups,
+            )
+        })
         .collect();
     let mut dw = uninit(g.o * g.k());
     for (c, sums) in per_channel.iter().enumerate() {
@@ -307,12 +354,13 @@ pub(crate) fn backward(
 }
 
 /// The weight gradient `[O, 9]` of one input channel over every image, from the padded output
-/// gradients `dyp` (`[O, groups]` planes) and that channel's padded inputs `xp` (`groups`
-/// planes).
+/// gradients `dyp` (`[O, groups]` planes) and that channel's padded inputs `xp` (`[stride^2,
+/// groups]` planes).
 fn weight_grad(g: &Geom, l: &Lanes, dyp: &[f32], xp: &[f32], groups: usize) -> Vec<f32> {
     let step = groups * l.plane;
+    let grid = tap_grid(g.stride, LANES, l.wp * LANES, step);
     assert!(
-        dyp.len() >= g.o * step && xp.len() >= step,
+        dyp.len() >= g.o * step && xp.len() >= g.stride * g.stride * step,
         "planes too short"
     );
     let mut dw = vec![0.0; g.o * 9];
@@ -324,25 +372,31 @@ fn weight_grad(g: &Geom, l: &Lanes, dyp: &[f32], xp: &[f32], groups: usize) -> V
         let sums = &mut dw[o * 9..(o + mo) * 9];
         // SAFETY: AVX-512F was detected (`applies`). Output-gradient plane `(o + m, j)` is
         // read at `(o + m) * step + j * plane + ((oy + 1) * wp + ox + 1) * 16 + lane` and the
-        // input plane `j` at `j * plane + ((oy + ki) * wp + ox + kj) * 16 + lane`, `oy < h`,
-        // `ox < w`, `ki, kj <= 2`: both under `(h + 2) * wp * 16 = plane` within their plane,
-        // inside the lengths asserted above.
+        // input plane `(k, j)` of the tap at `k * step + j * plane + ((oy + ry) * wp + ox + rx)
+        // * 16 + lane`, `oy < h`, `ox < w`, `ry, rx <= 2`, `k < stride^2`: both under
+        // `(h + 2) * wp * 16 = plane` within their plane, inside the lengths asserted above.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             match mo {
                 3 => {
                     let mut s = [[0.0; 9]; 3];
-                    avx512::lanes_weight_block::<3>(dy, step, x, l.plane, groups, map, &mut s);
+                    avx512::lanes_weight_block::<3>(
+                        dy, step, x, grid, l.plane, groups, map, &mut s,
+                    );
                     sums.copy_from_slice(s.as_flattened());
                 }
                 2 => {
                     let mut s = [[0.0; 9]; 2];
-                    avx512::lanes_weight_block::<2>(dy, step, x, l.plane, groups, map, &mut s);
+                    avx512::lanes_weight_block::<2>(
+                        dy, step, x, grid, l.plane, groups, map, &mut s,
+                    );
                     sums.copy_from_slice(s.as_flattened());
                 }
                 _ => {
                     let mut s = [[0.0; 9]; 1];
-                    avx512::lanes_weight_block::<1>(dy, step, x, l.plane, groups, map, &mut s);
+                    avx512::lanes_weight_block::<1>(
+                        dy, step, x, grid, l.plane, groups, map, &mut s,
+                    );
                     sums.copy_from_slice(s.as_flattened());
                 }
             }
@@ -390,11 +444,11 @@ mod tests {
         );
     }
 
-    /// Stride 2 (the forward alone) against the definition, sixteen images to a vector: even
-    /// maps down to 2x2, square or not, several sixteens a thread; no backward at stride 2.
+    /// Stride 2 against the definition (forward, both gradients), sixteen images to a vector:
+    /// even maps down to 2x2, square or not, several sixteens a thread, more taps than one
+    /// block of [`KC`].
     #[test]
-    fn stride_two_forward_matches_the_definition() {
-        use crate::conv2d::direct::tests::{assert_close, reference_forward, vals};
+    fn stride_two_matches_the_definition() {
         if !has_avx512() {
             eprintln!("no AVX-512F on this CPU: the direct conv is not used here");
             return;
@@ -406,14 +460,8 @@ mod tests {
             (16, 40, 8, 4, 10),
         ] {
             let g = Geom::new([b, c, h, w], [o, c, 3, 3], 2, 1).unwrap();
-            assert!(applies_with(&g, 1) && !applies_backward(&g));
-            let (x, wt) = (vals(g.b * g.image_len(), 0.37), vals(g.o * g.k(), 0.11));
-            let what = format!("stride 2, {b}x{c}x{h}x{w} -> {o}");
-            assert_close(
-                &forward(&g, &x, &wt, None),
-                &reference_forward(&g, &x, &wt),
-                &what,
-            );
+            assert!(applies_with(&g, 1));
+            check(&g, |g, x, w| forward(g, x, w, None), backward);
         }
     }
 }
