@@ -4,8 +4,9 @@
 //! matrix is built and no operand is packed beyond the weights' `[K, 8]` panels.
 
 use std::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_ps,
+    __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+    _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
+    _mm512_shuffle_ps, _mm512_storeu_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
 };
 
 /// Output channels per forward block: eight broadcast weights against `NV` vectors of
@@ -237,4 +238,93 @@ unsafe fn row_sums(rows: &[[f32; LANES]], out: &mut [f32]) {
     };
     let (c0, c1) = (pairs(b[0], b[1]), pairs(b[2], b[3]));
     _mm512_storeu_ps(out.as_mut_ptr(), pairs(c0, c1));
+}
+
+/// `rows` transposed in place: afterwards `rows[i]` holds element `i` of each input row, in
+/// row order (three rounds of shuffles: within 128-bit quarters, then quarters of pairs).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose(rows: &mut [__m512; 16]) {
+    let r = *rows;
+    // Pairs of rows, elements of each quarter interleaved: (a0 b0 a1 b1), (a2 b2 a3 b3).
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // Fours of rows: (a0 b0 c0 d0), (a1 b1 c1 d1), (a2 ..), (a3 ..) in each quarter.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (base, k) = (i & !3, i % 4);
+        let (a, b) = (t[base + k / 2], t[base + 2 + k / 2]);
+        if k % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    // Eights of rows: quarters 0 and 2 (elements 0-3, 8-11 of a column) or 1 and 3.
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let (half, k) = (i / 8, i % 8);
+        let (a, b) = (u[half * 8 + k % 4], u[half * 8 + 4 + k % 4]);
+        if k < 4 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(a, b)
+        }
+    });
+    // All sixteen: column `c` from eights `c % 8` of both halves.
+    *rows = std::array::from_fn(|c| {
+        let (a, b) = (v[c % 8], v[8 + c % 8]);
+        if c < 8 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(a, b)
+        }
+    });
+}
+
+/// Writes sixteen rows of `n = to.len() <= 16` floats, `src[j * ld .. j * ld + n]` for
+/// `j < 16`, as `n` vectors of sixteen: vector `i` (`[src[0 * ld + i], .., src[15 * ld + i]]`)
+/// to `dst + to[i]`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src` is readable at `j * ld .. j * ld + n` and `dst` writable at
+/// `to[i] .. to[i] + 16` for `i < n`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn gather_columns(src: *const f32, ld: usize, to: &[usize], dst: *mut f32) {
+    let mask: __mmask16 = ((1u32 << to.len().min(LANES)) - 1) as __mmask16;
+    let mut rows: [__m512; 16] =
+        std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask, src.add(j * ld)));
+    transpose(&mut rows);
+    for (v, &to) in rows.iter().zip(to) {
+        _mm512_storeu_ps(dst.add(to), *v);
+    }
+}
+
+/// The inverse of [`gather_columns`]: `n <= 16` vectors of sixteen at `src + i * 16` written
+/// as sixteen rows, `dst[j * ld + i]` = element `j` of vector `i`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src` is readable at `0 .. 16 * n` and `dst` writable at
+/// `j * ld .. j * ld + n` for `j < 16`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scatter_columns(src: *const f32, n: usize, dst: *mut f32, ld: usize) {
+    let mask: __mmask16 = ((1u32 << n) - 1) as __mmask16;
+    let mut rows: [__m512; 16] = std::array::from_fn(|i| {
+        if i < n {
+            _mm512_loadu_ps(src.add(i * LANES))
+        } else {
+            _mm512_setzero_ps()
+        }
+    });
+    transpose(&mut rows);
+    for (j, v) in rows.iter().enumerate() {
+        _mm512_mask_storeu_ps(dst.add(j * ld), mask, *v);
+    }
 }

@@ -94,35 +94,58 @@ impl Lanes {
     /// stride 1 a padded plane per channel, at stride 2 four, the channel's 2x2 phases (see
     /// [`super::phase_tap`]).
     fn interleave_at(&self, src: &[f32], planes: usize, stride: usize, dst: &mut [f32]) {
-        let phases = stride * stride;
-        let planes_out = dst.chunks_exact_mut(self.plane).take(planes * phases);
-        for (k, plane) in planes_out.enumerate() {
-            let phase = k % phases;
-            let at = (stride, phase / stride, phase % stride);
-            self.interleave_phase(src, planes, k / phases, at, plane);
+        let per_channel = stride * stride * self.plane;
+        let to = self.targets(stride, self.plane);
+        for (c, dst) in dst.chunks_exact_mut(per_channel).take(planes).enumerate() {
+            self.interleave_channel(src, planes, (c, stride), dst, (&to, self.plane));
         }
     }
 
-    /// Writes the values `x[stride * y + p, stride * x + q]` of channel `c` of sixteen images
-    /// `src` (`[16, planes, h * stride, w * stride]`) into the padded plane `dst`.
-    fn interleave_phase(
+    /// Where each input position `k` of an image goes in its channel's planes (`stride^2`
+    /// of them, `apart` floats apart): value `x[stride * y + p, stride * x + q]` into plane
+    /// `p * stride + q` at `(y, x)`, one row and column in.
+    fn targets(&self, stride: usize, apart: usize) -> Vec<usize> {
+        let wi = self.w * stride;
+        (0..self.h * stride * wi)
+            .map(|k| {
+                let (yy, xx) = (k / wi, k % wi);
+                let phase = (yy % stride) * stride + xx % stride;
+                phase * apart + ((yy / stride + 1) * self.wp + xx / stride + 1) * LANES
+            })
+            .collect()
+    }
+
+    /// Writes channel `c` of sixteen images `src` (`[16, planes, h * stride, w * stride]`)
+    /// into its `stride^2` padded planes in `dst`, `apart` floats apart, input position `k`
+    /// at `to[k]` ([`Self::targets`]).
+    fn interleave_channel(
         &self,
         src: &[f32],
         planes: usize,
-        c: usize,
-        (stride, p, q): (usize, usize, usize),
+        (c, stride): (usize, usize),
         dst: &mut [f32],
+        (to, apart): (&[usize], usize),
     ) {
-        let wi = self.w * stride;
-        let hw = self.h * stride * wi;
-        dst[..self.plane].fill(0.0);
-        for j in 0..LANES {
-            let image = &src[(j * planes + c) * hw..(j * planes + c + 1) * hw];
-            for y in 0..self.h {
-                let row = image[(y * stride + p) * wi + q..].iter().step_by(stride);
-                let start = ((y + 1) * self.wp + 1) * LANES + j;
-                let dst = dst[start..].iter_mut().step_by(LANES).take(self.w);
-                dst.zip(row).for_each(|(d, v)| *d = *v);
+        let (phases, hw) = (stride * stride, self.h * self.w * stride * stride);
+        let reach = to.iter().max().map_or(0, |m| m + LANES);
+        assert!(
+            to.len() == hw && dst.len() >= reach.max((phases - 1) * apart + self.plane),
+            "planes too short"
+        );
+        assert!(src.len() >= (15 * planes + c + 1) * hw, "images too short");
+        // The borders; every other position is written below.
+        for phase in 0..phases {
+            dst[phase * apart..phase * apart + self.plane].fill(0.0);
+        }
+        let first = &src[c * hw..];
+        for (k0, to) in (0..hw).step_by(LANES).zip(to.chunks(LANES)) {
+            // SAFETY: AVX-512F was detected (`applies`). Image `j`'s row is read at
+            // `(j * planes + c) * hw + k0 .. + to.len()`, inside `src` (asserted); vector `i`
+            // goes to `to[i] .. + 16`, inside `dst` (asserted).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                let at = first.as_ptr().add(k0);
+                avx512::gather_columns(at, planes * hw, to, dst.as_mut_ptr());
             }
         }
     }
@@ -139,18 +162,18 @@ impl Lanes {
     ) -> (Vec<f32>, usize) {
         let phases = stride * stride;
         let per_group = LANES * planes * self.h * self.w * phases;
-        let len = planes * phases * groups * self.plane;
+        let (apart, len) = (groups * self.plane, planes * phases * groups * self.plane);
+        let to = self.targets(stride, apart);
         let mut buf = uninit(len + LANES);
         let start = line_start(&buf);
         buf[start..start + len]
-            .par_chunks_mut(groups * self.plane)
+            .par_chunks_mut(phases * apart)
             .enumerate()
-            .for_each(|(k, planes_k)| {
-                let (c, phase) = (k / phases, k % phases);
-                let at = (stride, phase / stride, phase % stride);
-                for (j, plane) in planes_k.chunks_exact_mut(self.plane).enumerate() {
+            .for_each(|(c, channel)| {
+                for j in 0..groups {
                     let images = &src[j * per_group..(j + 1) * per_group];
-                    self.interleave_phase(images, planes, c, at, plane);
+                    let dst = &mut channel[j * self.plane..];
+                    self.interleave_channel(images, planes, (c, stride), dst, (&to, apart));
                 }
             });
         (buf, start)
@@ -173,7 +196,24 @@ impl Lanes {
         let (p, q) = (phase / stride, phase % stride);
         let wi = self.w * stride;
         let hw = self.h * stride * wi;
+        assert!(dst.len() >= LANES * planes * hw, "images too short");
         for (c, plane) in src.chunks_exact(self.out).take(planes).enumerate() {
+            if stride == 1 {
+                // Sixteen positions at a time: a transpose each.
+                for k0 in (0..hw).step_by(LANES) {
+                    let n = LANES.min(hw - k0);
+                    // SAFETY: AVX-512F was detected (`applies`). Reads `plane[k0 * 16 ..
+                    // (k0 + n) * 16]` (`plane` is `h * w * 16` long); writes image `j`'s
+                    // `(j * planes + c) * hw + k0 .. + n`, inside `dst` (asserted).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let from = plane[k0 * LANES..].as_ptr();
+                        let to = dst[c * hw + k0..].as_mut_ptr();
+                        avx512::scatter_columns(from, n, to, planes * hw);
+                    }
+                }
+                continue;
+            }
             for j in 0..LANES {
                 let image = &mut dst[(j * planes + c) * hw..(j * planes + c + 1) * hw];
                 let mut values = plane[j..].iter().step_by(LANES);
