@@ -368,6 +368,9 @@ fn per_block(g: &Geom, target: usize) -> usize {
     crate::conv2d::cpu::block_size(g.b, s, rayon::current_num_threads(), target)
 }
 
+/// Runs of blocks per thread in the backward (see [`backward`]).
+const GROUPS_PER_THREAD: usize = 4;
+
 /// Positions per forward block: the outputs of a panel stay in cache.
 const FORWARD_POSITIONS: usize = 768;
 /// Positions per backward block: each weight-gradient call sums its nine taps' vectors across
@@ -417,9 +420,11 @@ pub(crate) fn backward(
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     let nb = per_block(g, BACKWARD_POSITIONS);
     let blocks = g.b.div_ceil(nb);
-    // Each thread takes a run of consecutive blocks and sums their weight gradients into one
-    // buffer: a buffer per block (and their sum) cost ~1 ms a conv at 28 px, 64 channels.
-    let per_group = blocks.div_ceil(rayon::current_num_threads().clamp(1, blocks.max(1)));
+    // Runs of consecutive blocks sum their weight gradients into one buffer each: a buffer per
+    // block (and their sum) cost ~1 ms a conv at 28 px, 64 channels. Four runs a thread, not
+    // one: when the host stalls a thread, the others take its remaining runs.
+    let runs = (GROUPS_PER_THREAD * rayon::current_num_threads()).clamp(1, blocks.max(1));
+    let per_group = blocks.div_ceil(runs);
     let s = g.stride;
     // One conv per plane of the input gradient (four phases at stride 2), each over the taps
     // that reach it.
