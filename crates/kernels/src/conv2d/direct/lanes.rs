@@ -1,7 +1,7 @@
 //! 3x3 convs (stride 1, or 2 on even maps) on small maps, sixteen images to a vector.
 //!
-//! The tall planes of the parent module compute every border position they hold: 56 % more
-//! work at 6x6 and almost three times the work at 3x3. Here a vector holds one position of
+//! The tall planes of the parent module compute every border position they hold: 36 % more
+//! work at 6x6 and 78 % more at 3x3. Here a vector holds one position of
 //! sixteen images, so only the map's own positions are computed, with the same kernels: the
 //! planes are interleaved on the way in and out, one copy each where im2col makes nine.
 
@@ -9,7 +9,10 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{avx512, grad_taps, has_avx512, pack, pack_taps, tap_at, tap_grid, KC, LANES};
+use super::{
+    avx512, grad_tap_offsets, grad_taps, has_avx512, pack, pack_taps, tap_grid, tap_offsets,
+    Spacing, KC, LANES,
+};
 use crate::conv2d::cpu::Epilogue;
 use crate::support::im2col::{scratch, Geom};
 use crate::support::out::uninit;
@@ -60,34 +63,13 @@ impl Lanes {
         }
     }
 
-    /// The taps of a conv of `stride` over `planes` channels written by
-    /// [`Self::interleave_at`], planes `apart` floats apart, channel-major: at stride 2 each
-    /// channel's taps spread over its four phase planes.
-    fn offsets_at(&self, planes: usize, stride: usize, apart: usize) -> Vec<usize> {
-        (0..planes * 9)
-            .map(|k| {
-                let (plane, ry, rx) = tap_at(stride, k % 9);
-                ((k / 9) * stride * stride + plane) * apart + (ry * self.wp + rx) * LANES
-            })
-            .collect()
-    }
-
-    /// The input gradient's taps into `planes` padded output-gradient planes `apart` floats
-    /// apart: `taps` mirrored, as `Tall::grad_offsets` has them.
-    fn grad_offsets(
-        &self,
-        planes: usize,
-        stride: usize,
-        taps: &[usize],
-        apart: usize,
-    ) -> Vec<usize> {
-        let tap = |t: usize| {
-            let (_, ry, rx) = tap_at(stride, t);
-            ((2 - ry) * self.wp + 2 - rx) * LANES
-        };
-        (0..planes)
-            .flat_map(|o| taps.iter().map(move |&t| o * apart + tap(t)))
-            .collect()
+    /// How planes `apart` floats apart space their floats: one position, one row, one plane.
+    fn spacing(&self, apart: usize) -> Spacing {
+        Spacing {
+            unit: LANES,
+            row: self.wp * LANES,
+            apart,
+        }
     }
 
     /// Writes sixteen images `src` (`[16, planes, h * stride, w * stride]`) into `dst`: at
@@ -306,7 +288,8 @@ thread_local! {
 /// ([`applies`]).
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     let l = Lanes::new(g.ho, g.wo);
-    let (packed, offs) = (pack(w, g.o, g.c), l.offsets_at(g.c, g.stride, l.plane));
+    let offs = tap_offsets(g.c, g.stride, l.spacing(l.plane));
+    let packed = pack(w, g.o, g.c);
     let planes = g.c * g.stride * g.stride;
     let (il, on) = (g.image_len(), g.o * g.n());
     let mut y = uninit(g.b * on);
@@ -350,7 +333,7 @@ pub(crate) fn backward(
         let convs: Vec<_> = grad_taps(s)
             .into_iter()
             .map(|(plane, taps)| {
-                let offs = l.grad_offsets(g.o, s, &taps, step);
+                let offs = grad_tap_offsets(g.o, s, &taps, l.spacing(step));
                 (plane, pack_taps(w, g.o, g.c, &taps), offs)
             })
             .collect();
@@ -370,19 +353,11 @@ pub(crate) fn backward(
     });
     let (x_buf, x_start) = l.interleave_all(x, g.c, s, groups);
     let xp = &x_buf[x_start..];
-    let per_channel = s * s * step;
+    let channel = s * s * step;
     // One input channel a task: `[C, O, 9]`, transposed into `[O, C, 9]` below.
     let per_channel: Vec<Vec<f32>> = (0..g.c)
         .into_par_iter()
-        .map(|c| {
-            weight_grad(
-                g,
-                &l,
-                dyp,
-                &xp[c * per_channel..(c + 1) * per_channel],
-                groups,
-            )
-        })
+        .map(|c| weight_grad(g, &l, dyp, &xp[c * channel..(c + 1) * channel], groups))
         .collect();
     let mut dw = uninit(g.o * g.k());
     for (c, sums) in per_channel.iter().enumerate() {
@@ -398,7 +373,7 @@ pub(crate) fn backward(
 /// groups]` planes).
 fn weight_grad(g: &Geom, l: &Lanes, dyp: &[f32], xp: &[f32], groups: usize) -> Vec<f32> {
     let step = groups * l.plane;
-    let grid = tap_grid(g.stride, LANES, l.wp * LANES, step);
+    let grid = tap_grid(g.stride, l.spacing(step));
     assert!(
         dyp.len() >= g.o * step && xp.len() >= g.stride * g.stride * step,
         "planes too short"

@@ -87,19 +87,57 @@ pub(super) fn grad_taps(stride: usize) -> Vec<(usize, Vec<usize>)> {
         .collect()
 }
 
-/// Where the weight-gradient kernels find the nine taps of one channel: row offsets for `ki`
-/// and column offsets for `kj` (their sum is the tap's), for positions `unit` floats apart in
-/// rows of `row` floats, its planes `plane` floats apart.
-pub(super) fn tap_grid(stride: usize, unit: usize, row: usize, plane: usize) -> TapGrid {
+/// How a layout spaces its floats: `unit` from one position of a row to the next, `row` from
+/// one row to the next, `apart` from one plane to the next (the tall planes: 1, `wp`, `ls`;
+/// sixteen images to a vector: 16, `16 * wp`, a plane or a run of them).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Spacing {
+    pub unit: usize,
+    pub row: usize,
+    pub apart: usize,
+}
+
+/// The taps of a conv of `stride` over `planes` channels (one plane each at stride 1, four at
+/// stride 2) spaced by `sp`, channel-major: the `k`-th row of a [`pack`]ed weight panel.
+pub(super) fn tap_offsets(planes: usize, stride: usize, sp: Spacing) -> Vec<usize> {
+    (0..planes * 9)
+        .map(|k| {
+            let (plane, ry, rx) = tap_at(stride, k % 9);
+            ((k / 9) * stride * stride + plane) * sp.apart + ry * sp.row + rx * sp.unit
+        })
+        .collect()
+}
+
+/// The input gradient's taps into `planes` padded output-gradient planes spaced by `sp`: for
+/// each plane, `taps` mirrored (a position of the input gets tap `(ry, rx)` from the output
+/// `1 - ry, 1 - rx` rows and columns on), the rows of [`pack_taps`]'s panels.
+pub(super) fn grad_tap_offsets(
+    planes: usize,
+    stride: usize,
+    taps: &[usize],
+    sp: Spacing,
+) -> Vec<usize> {
+    let tap = |t: usize| {
+        let (_, ry, rx) = tap_at(stride, t);
+        (2 - ry) * sp.row + (2 - rx) * sp.unit
+    };
+    (0..planes)
+        .flat_map(|o| taps.iter().map(move |&t| o * sp.apart + tap(t)))
+        .collect()
+}
+
+/// Where the weight-gradient kernels find the nine taps of one channel whose planes are spaced
+/// by `sp`: row offsets for `ki` and column offsets for `kj` (their sum is the tap's).
+pub(super) fn tap_grid(stride: usize, sp: Spacing) -> TapGrid {
     // Tap `(ki, kj)`'s plane is `p(ki) * stride + q(kj)`: its row part goes with `ki`.
     let part = |k: usize| tap_at(stride, k * 3 + k);
     let rows = [0, 1, 2].map(|k| {
         let (ph, ry, _) = part(k);
-        (ph / stride) * stride * plane + ry * row
+        (ph / stride) * stride * sp.apart + ry * sp.row
     });
     let cols = [0, 1, 2].map(|k| {
         let (ph, _, rx) = part(k);
-        (ph % stride) * plane + rx * unit
+        (ph % stride) * sp.apart + rx * sp.unit
     });
     (rows, cols)
 }
@@ -107,8 +145,10 @@ pub(super) fn tap_grid(stride: usize, unit: usize, row: usize, plane: usize) -> 
 /// Row and column offsets of a channel's nine taps ([`tap_grid`]).
 pub(super) type TapGrid = ([usize; 3], [usize; 3]);
 
-/// Below this many positions per map (10x10) the dropped border positions (56 % more work at
-/// 6x6) cost more than im2col's copies save: at 6x6 the backward measured ~1.5x slower.
+/// Below this many positions per map (10x10) the dropped border positions cost more than they
+/// save: at 6x6 (56 % more work then, 36 % since rows share a zero column) the backward measured
+/// ~1.5x slower than im2col + GEMM, and later slower than sixteen images to a vector on five of
+/// six 6x6 and 3x3 convs.
 const MIN_POSITIONS: usize = 100;
 
 pub(super) fn has_avx512() -> bool {
@@ -169,29 +209,13 @@ impl Tall {
         self.wp + 1
     }
 
-    /// The taps of a conv of `stride` over `planes` channels written by [`Self::pad_at`],
-    /// channel-major: the `k`-th row of a packed weight panel. At stride 2 each channel's taps
-    /// spread over its four phase planes.
-    fn offsets_at(&self, planes: usize, stride: usize) -> Vec<usize> {
-        (0..planes * 9)
-            .map(|k| {
-                let (plane, ry, rx) = tap_at(stride, k % 9);
-                ((k / 9) * stride * stride + plane) * self.ls + ry * self.wp + rx
-            })
-            .collect()
-    }
-
-    /// The input gradient's taps into `planes` padded output-gradient planes: for each plane,
-    /// `taps` mirrored (a position of the input gets tap `(ry, rx)` from the output
-    /// `1 - ry, 1 - rx` rows and columns on), the rows of [`pack_taps`]'s panels.
-    fn grad_offsets(&self, planes: usize, stride: usize, taps: &[usize]) -> Vec<usize> {
-        let tap = |t: usize| {
-            let (_, ry, rx) = tap_at(stride, t);
-            (2 - ry) * self.wp + 2 - rx
-        };
-        (0..planes)
-            .flat_map(|o| taps.iter().map(move |&t| o * self.ls + tap(t)))
-            .collect()
+    /// How the planes space their floats: one position, one row, one plane.
+    fn spacing(&self) -> Spacing {
+        Spacing {
+            unit: 1,
+            row: self.wp,
+            apart: self.ls,
+        }
     }
 
     /// Writes `src` (`[n, planes, h, w]`) into `dst` (`planes` tall planes of `ls`).
@@ -288,7 +312,7 @@ fn pack(w: &[f32], o: usize, c: usize) -> Vec<f32> {
 
 /// The input gradient's kernels for `taps` (transposed: `w'[c, o, i] = w[o, c, taps[i]]`), as
 /// panels of eight of its output channels (the conv's inputs): `[C / 8, O * taps.len(), 8]`.
-/// The offsets the panels' rows read at mirror the taps ([`Tall::grad_offsets`]).
+/// The offsets the panels' rows read at mirror the taps ([`grad_tap_offsets`]).
 fn pack_taps(w: &[f32], o: usize, c: usize, taps: &[usize]) -> Vec<f32> {
     let nt = taps.len();
     let k = o * nt;
@@ -383,7 +407,7 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue
     let nb = per_block(g, FORWARD_POSITIONS);
     let packed = pack(w, g.o, g.c);
     let (s, planes) = (g.stride, g.c * g.stride * g.stride);
-    let offs = Tall::new(g.ho, g.wo, nb).offsets_at(g.c, s);
+    let offs = tap_offsets(g.c, s, Tall::new(g.ho, g.wo, nb).spacing());
     let (il, on) = (g.image_len(), g.o * g.n());
     let mut y = uninit(g.b * on);
     y.par_chunks_mut(nb * on).enumerate().for_each(|(i, yb)| {
@@ -393,7 +417,7 @@ pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue
         let offs = if n == nb {
             Cow::Borrowed(&offs)
         } else {
-            Cow::Owned(t.offsets_at(g.c, s))
+            Cow::Owned(tap_offsets(g.c, s, t.spacing()))
         };
         scratch(&IN, planes * t.ls, |xp| {
             t.pad_at(&x[i * nb * il..(i * nb + n) * il], g.c, s, xp);
@@ -449,7 +473,7 @@ pub(crate) fn backward(
                     let dxb = &mut dxg[(bi - first_block) * nb * il..][..n * il];
                     for (plane, packed, taps) in &packed {
                         scratch(&OUT, g.c * t.q, |out| {
-                            let offs = t.grad_offsets(g.o, s, taps);
+                            let offs = grad_tap_offsets(g.o, s, taps, t.spacing());
                             conv_planes(packed, &offs, g.c, dyp, t.q, out);
                             t.unpad_at(out, g.c, (s, *plane), dxb);
                         });
@@ -487,7 +511,7 @@ pub(crate) fn backward(
 /// `dyp` (`O` planes) and inputs `xp` (`C` planes, four per channel at stride 2).
 fn weight_grad_block(g: &Geom, t: &Tall, dyp: &[f32], xp: &[f32], dw: &mut [f32]) {
     let per_channel = g.stride * g.stride * t.ls;
-    let grid = tap_grid(g.stride, 1, t.wp, t.ls);
+    let grid = tap_grid(g.stride, t.spacing());
     assert!(
         dyp.len() >= g.o * t.ls && xp.len() >= g.c * per_channel,
         "planes too short"
