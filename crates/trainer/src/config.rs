@@ -106,6 +106,9 @@ pub struct TrainConfig {
     pub backbone_weights: Option<PathBuf>,
     /// Faces drawn in the attention heat-map figure of the report.
     pub report_faces: usize,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999); then
+    /// validation, the best checkpoints and the final model are the average's (none: off).
+    pub ema_decay: Option<f64>,
     pub model: ModelConfig,
     pub loss: LossConfig,
     pub optimizer: OptimizerConfig,
@@ -128,6 +131,7 @@ impl Default for TrainConfig {
             clip_grad_norm: Some(5.0),
             backbone_weights: None,
             report_faces: 6,
+            ema_decay: None,
             model: ModelConfig::default(),
             loss: LossConfig::default(),
             optimizer: OptimizerConfig::default(),
@@ -266,6 +270,13 @@ impl TrainConfig {
         if let Some(c) = self.clip_grad_norm {
             if c.is_nan() || c <= 0.0 {
                 return Err(Error::Config("clip_grad_norm must be > 0".into()));
+            }
+        }
+        if let Some(d) = self.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return Err(Error::Config(format!(
+                    "ema_decay must be in [0, 1), got {d}"
+                )));
             }
         }
         for (name, s) in [("stage1", &self.stage1), ("stage2", &self.stage2)] {

@@ -27,6 +27,7 @@ pub mod clip;
 pub mod collapse;
 pub mod config;
 pub mod default_run;
+pub mod ema;
 pub mod error;
 pub mod evaluate;
 pub mod gpu_check;

@@ -33,6 +33,10 @@ pub struct EpochRecord {
     pub collapse: Option<String>,
     /// The early-stopping score of the stage (accuracy in stage 1, mean CCC otherwise).
     pub score: f64,
+    /// With `ema_decay` the val fields and `score` are the moving average's; this is the score
+    /// of the trained weights themselves, for comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_score: Option<f64>,
     pub best: bool,
     pub seconds: f64,
     pub images_per_second: f64,

@@ -90,3 +90,57 @@ fn huge_learning_rate_is_caught() {
     assert!(e.contains("non-finite"), "{e}");
     assert!(e.contains("stage1"), "{e}");
 }
+
+/// With `ema_decay`, the moving average is checkpointed with the run (a resumed run ends
+/// exactly as an uninterrupted one), every epoch scores both the average and the trained
+/// weights, and the best checkpoint holds the average: evaluating it gives its epoch's val
+/// numbers, not the trained weights'.
+#[test]
+fn moving_average_resumes_exactly_and_is_the_model_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ema.toml");
+    let text = std::fs::read_to_string(TINY).unwrap();
+    std::fs::write(&cfg, format!("ema_decay = 0.9\n{text}")).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let data = tiny_affectnet();
+
+    let full = dir.path().join("full");
+    ok(&train_with(data, cfg, &full, &[]));
+    let cut = dir.path().join("cut");
+    ok(&train_with(data, cfg, &cut, &["--stop-after-epochs", "1"]));
+    ok(&train_with(
+        data,
+        cfg,
+        &cut,
+        &["--resume", "--stop-after-epochs", "2"],
+    ));
+    ok(&train_with(data, cfg, &cut, &["--resume"]));
+    let (m_full, h_full) = numbers(&full);
+    assert_eq!(numbers(&cut), (m_full.clone(), h_full.clone()));
+
+    assert_eq!(h_full.len(), 4);
+    assert!(h_full.iter().all(|r| r["raw_score"].is_number()));
+    assert!(
+        h_full.iter().any(|r| r["raw_score"] != r["score"]),
+        "the average scored like the trained weights at every epoch: {h_full:?}"
+    );
+    // The last stage's best epoch, as logged, against its checkpoint evaluated afresh.
+    let last_stage = h_full.last().unwrap()["stage"].clone();
+    let best = h_full
+        .iter()
+        .rfind(|r| r["stage"] == last_stage && r["best"] == true)
+        .unwrap();
+    let ck = full.join("best.safetensors");
+    let ev: serde_json::Value = serde_json::from_str(&ok(&trainer(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ])))
+    .unwrap();
+    let logged = best["val_valence_ccc"].as_f64().unwrap();
+    let now = ev["val"]["valence"]["ccc"].as_f64().unwrap();
+    assert!((logged - now).abs() < 1e-9, "{logged} vs {now}");
+    assert_eq!(ev["val"]["accuracy"], best["val_accuracy"]);
+}

@@ -11,6 +11,7 @@ use fer_losses::{stage_loss, ClassInputs, LossParts, Metrics, VaInputs};
 
 use super::{Ctx, TrainArgs};
 use crate::clip::clip_grad_norm;
+use crate::ema::Ema;
 use crate::grads;
 use crate::optim::Optimizer;
 use crate::plan::StagePlan;
@@ -108,6 +109,7 @@ pub(super) fn train_epoch(
     sched: &WarmupCosine,
     base_lr: f64,
     state: &mut TrainState,
+    mut ema: Option<&mut Ema>,
     args: &TrainArgs,
 ) -> Result<EpochStats> {
     let world = &ctx.world;
@@ -188,6 +190,9 @@ pub(super) fn train_epoch(
             }
         }
         opt.step(&grads, lr)?;
+        if let Some(e) = ema.as_deref_mut() {
+            e.update()?;
+        }
         state.step += 1;
         last = LastFinite {
             step: Some(state.step),
@@ -316,6 +321,7 @@ pub(super) fn record(
             .map(|cm| crate::report::predicted_counts(cm)),
         collapse: None,
         score,
+        raw_score: None,
         best,
         seconds,
         images_per_second: s.sums.n / s.seconds.max(1e-9),
@@ -328,7 +334,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 
 pub(super) fn log_epoch(r: &EpochRecord, epochs: usize) {
     eprintln!(
-        "{} epoch {}/{}: loss {:.4} | val acc {} f1 {} ccc v {} a {} | {:.0} img/s, {:.1}s{}",
+        "{} epoch {}/{}: loss {:.4} | val acc {} f1 {} ccc v {} a {}{} | {:.0} img/s, {:.1}s{}",
         r.stage,
         r.epoch,
         epochs,
@@ -337,6 +343,9 @@ pub(super) fn log_epoch(r: &EpochRecord, epochs: usize) {
         fmt_opt(r.val_macro_f1),
         fmt_opt(r.val_valence_ccc),
         fmt_opt(r.val_arousal_ccc),
+        r.raw_score.map_or(String::new(), |s| format!(
+            " (moving average; weights {s:.4})"
+        )),
         r.images_per_second,
         r.seconds,
         if r.best { " *" } else { "" }

@@ -23,6 +23,7 @@ use fer_data::manifest::Manifest;
 use fer_model::{checkpoint, trainable_vars, TwoAttTwoMt};
 
 use crate::config::TrainConfig;
+use crate::ema::Ema;
 use crate::evaluate::{evaluate_in, Evaluation, Tta};
 use crate::init::SeededVarMap;
 use crate::optim::Optimizer;
@@ -326,9 +327,18 @@ fn run_stages(
             resume_optim = None;
         }
         let mut opt = Optimizer::new(&ctx.cfg.optimizer, trainable_vars(&ctx.varmap))?;
+        // The average starts afresh with each stage, from the weights it starts from.
+        let mut ema = ctx
+            .cfg
+            .ema_decay
+            .map(|d| Ema::new(&ctx.varmap, d))
+            .transpose()?;
         if let Some(st) = resume_optim.take() {
             if state.epoch > 0 {
                 opt.load_state(&st)?;
+                if let Some(e) = ema.as_mut() {
+                    e.load_state(&st)?;
+                }
             }
         }
         let loader = Loader::new(
@@ -359,7 +369,15 @@ fn run_stages(
         while state.epoch < scfg.epochs && !stop_stage {
             let t0 = Instant::now();
             let stats = train_epoch(
-                ctx, plan, &loader, &mut opt, &sched, base_lr, &mut state, args,
+                ctx,
+                plan,
+                &loader,
+                &mut opt,
+                &sched,
+                base_lr,
+                &mut state,
+                ema.as_mut(),
+                args,
             )?;
             let root = ctx.world.is_root();
             if root && !std::io::stderr().is_terminal() {
@@ -373,15 +391,29 @@ fn run_stages(
             // Each rank's running statistics followed its own batches; evaluation and the
             // checkpoints below use their mean.
             ctx.world.average_running_stats(&ctx.varmap)?;
-            let ev = evaluate_in(
-                &ctx.world,
-                &ctx.model,
-                ctx.val.clone(),
-                ctx.cfg.data.eval_batch_size,
-                ctx.cfg.data.loader_threads,
-                Tta::None,
-                &ctx.device,
-            )?;
+            let validate = |ctx: &Ctx| {
+                evaluate_in(
+                    &ctx.world,
+                    &ctx.model,
+                    ctx.val.clone(),
+                    ctx.cfg.data.eval_batch_size,
+                    ctx.cfg.data.loader_threads,
+                    Tta::None,
+                    &ctx.device,
+                )
+            };
+            // With a moving average, the trained weights are scored too (for comparison), then
+            // the average takes their place until the checkpoints below are written.
+            let raw_score = match ema.as_mut() {
+                Some(e) => {
+                    let raw = stage_score(plan, &validate(ctx)?.metrics);
+                    e.swap(&ctx.varmap)?;
+                    ctx.world.average_running_stats(&ctx.varmap)?;
+                    Some(raw)
+                }
+                None => None,
+            };
+            let ev = validate(ctx)?;
             let seconds = t0.elapsed().as_secs_f64();
             let collapse = ev
                 .metrics
@@ -393,6 +425,7 @@ fn run_stages(
             let best = state.end_epoch(score);
             let mut rec = record(plan, &state, &stats, &ev.metrics, score, best, seconds);
             rec.collapse = collapse;
+            rec.raw_score = raw_score;
             if root {
                 log_epoch(&rec, scfg.epochs);
                 if let Some(w) = &rec.collapse {
@@ -417,6 +450,9 @@ fn run_stages(
                 save(ctx, &state, plan, &[], &ctx.out.join(best_name(plan.name)))?;
                 save(ctx, &state, plan, &[], &ctx.out.join(BEST))?;
             }
+            if let Some(e) = ema.as_mut() {
+                e.swap(&ctx.varmap)?;
+            }
             if root {
                 write_history(&ctx.out, &state.history)?;
             }
@@ -435,8 +471,11 @@ fn run_stages(
                 }
                 break;
             } else {
-                let optim = opt
-                    .state_tensors()?
+                let mut train_state = opt.state_tensors()?;
+                if let Some(e) = &ema {
+                    train_state.extend(e.state_tensors()?);
+                }
+                let optim = train_state
                     .into_iter()
                     .map(|(n, t)| (format!("{OPTIM_PREFIX}{n}"), t))
                     .collect::<Vec<_>>();
