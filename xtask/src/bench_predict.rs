@@ -62,6 +62,7 @@ fn four_faces(group: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: BenchPredictArgs) -> anyhow::Result<()> {
+    trainer::threads::candle_ops_on_calling_thread();
     if let Some(t) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t as usize)

@@ -253,6 +253,7 @@ pub(crate) fn threads_or_cores(threads: Option<u64>) -> usize {
 /// The allocator settings and compute threads the trainer binary starts with, so that what this
 /// process measures is the trainer's.
 pub(crate) fn start_like_the_trainer(threads: usize) -> anyhow::Result<()> {
+    trainer::threads::candle_ops_on_calling_thread();
     trainer::alloc::keep_freed_memory();
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

@@ -44,6 +44,7 @@ pub mod run_folder;
 pub mod schedule;
 pub mod soak;
 pub mod state;
+pub mod threads;
 pub mod train;
 pub mod world;
 

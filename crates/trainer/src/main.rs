@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    trainer::threads::candle_ops_on_calling_thread();
     trainer::alloc::keep_freed_memory();
     let cli = trainer::cli::Cli::parse();
     if let Err(e) = trainer::cli::run(cli) {
