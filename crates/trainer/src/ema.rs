@@ -2,7 +2,7 @@
 //! statistics), the model that validation, the best checkpoints and the final evaluation use
 //! when `ema_decay` is set.
 //!
-//! After update `t` (0-based) the average moves by `1 - d_t` towards the current values, with
+//! After optimizer step `t` of a stage (0-based) the average moves by `1 - d_t` towards the current values, with
 //! `d_t = min(decay, (1 + t) / (10 + t))`: early in a stage the average follows the weights
 //! closely (a fixed 0.999 would remember the random initialisation for thousands of steps), later
 //! it spans roughly the last `1 / (1 - decay)` steps.
@@ -16,7 +16,7 @@
 //! let w = varmap.get(2, "w", Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
 //! let mut ema = Ema::new(&varmap, 0.999).unwrap();
 //! varmap.data().lock().unwrap()["w"].set(&Tensor::new(&[3f32, 3.0], &Device::Cpu).unwrap()).unwrap();
-//! ema.update().unwrap(); // d_0 = 0.1: 0.1 * 1 + 0.9 * 3
+//! ema.update(0).unwrap(); // d_0 = 0.1: 0.1 * 1 + 0.9 * 3
 //! ema.swap(&varmap).unwrap(); // the model now holds the average
 //! let avg = varmap.data().lock().unwrap()["w"].to_vec1::<f32>().unwrap();
 //! assert!((avg[0] - 2.8).abs() < 1e-6);
@@ -35,9 +35,10 @@ use crate::{Error, Result};
 /// reserved training prefix).
 pub const PREFIX: &str = "ema.";
 
+/// The average of one stage: its update number is the stage's step count, which the training
+/// state keeps, so the average holds none of its own.
 pub struct Ema {
     decay: f64,
-    updates: u64,
     /// Each variable beside its average, in name order.
     entries: Vec<(String, Var, Tensor)>,
 }
@@ -56,11 +57,7 @@ impl Ema {
             .map(|(n, v)| Ok((n.clone(), v.clone(), v.as_tensor().copy()?.detach())))
             .collect::<Result<Vec<_>>>()?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Ema {
-            decay,
-            updates: 0,
-            entries,
-        })
+        Ok(Ema { decay, entries })
     }
 
     /// The weight of the old average in update number `t`.
@@ -68,9 +65,10 @@ impl Ema {
         self.decay.min((1.0 + t as f64) / (10.0 + t as f64))
     }
 
-    /// Moves the average towards the variables' current values (after an optimizer step).
-    pub fn update(&mut self) -> Result<()> {
-        let d = self.decay_at(self.updates);
+    /// Moves the average towards the variables' current values after optimizer step `step`
+    /// (0-based, counted within the stage).
+    pub fn update(&mut self, step: usize) -> Result<()> {
+        let d = self.decay_at(step as u64);
         for (_, var, avg) in &mut self.entries {
             let w = var.as_detached_tensor();
             if optim_cpu::usable(&[avg, &w]) {
@@ -86,7 +84,6 @@ impl Ema {
                 *avg = (avg.affine(d, 0.0)? + w.affine(1.0 - d, 0.0)?)?.detach();
             }
         }
-        self.updates += 1;
         Ok(())
     }
 
@@ -111,37 +108,25 @@ impl Ema {
         Ok(())
     }
 
-    /// The average's tensors (and its update count) for a checkpoint, named `ema.<variable>`.
-    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out: Vec<(String, Tensor)> = self
-            .entries
+    /// The average's tensors for a checkpoint, named `ema.<variable>`.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.entries
             .iter()
             .map(|(n, _, avg)| (format!("{PREFIX}{n}"), avg.clone()))
-            .collect();
-        let updates = Tensor::new(&[self.updates as i64], &candle_core::Device::Cpu)?;
-        out.push((format!("{PREFIX}{UPDATES}"), updates));
-        Ok(out)
+            .collect()
     }
 
     /// Restores what [`Ema::state_tensors`] saved (the names as written there, `ema.` first);
     /// every variable must be there, with its shape.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        let missing = |what: &str| {
-            Error::Checkpoint(format!(
-                "the checkpoint has no moving average for {what}: it was written without \
-                 ema_decay"
-            ))
-        };
-        let updates = tensors
-            .get(&format!("{PREFIX}{UPDATES}"))
-            .ok_or_else(|| missing("its update count"))?
-            .flatten_all()?
-            .to_vec1::<i64>()?;
         let mut loaded = Vec::with_capacity(self.entries.len());
         for (name, var, _) in &self.entries {
-            let t = tensors
-                .get(&format!("{PREFIX}{name}"))
-                .ok_or_else(|| missing(name))?;
+            let t = tensors.get(&format!("{PREFIX}{name}")).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "the checkpoint has no moving average for {name}: it was written without \
+                     ema_decay"
+                ))
+            })?;
             if t.dims() != var.dims() {
                 return Err(Error::Checkpoint(format!(
                     "moving average of {name}: shape {:?} in the checkpoint, {:?} in the model",
@@ -155,12 +140,9 @@ impl Ema {
         for ((_, _, avg), t) in self.entries.iter_mut().zip(loaded) {
             *avg = t;
         }
-        self.updates = updates.first().copied().unwrap_or(0).max(0) as u64;
         Ok(())
     }
 }
-
-const UPDATES: &str = "__updates";
 
 #[cfg(test)]
 mod tests {
@@ -207,7 +189,7 @@ mod tests {
         let mut expect = 1.0f64;
         for (t, w) in [3.0, -1.0, 5.0].into_iter().enumerate() {
             set(&varmap, "a", &[w as f32; 3]);
-            ema.update().unwrap();
+            ema.update(t).unwrap();
             let d = ema.decay_at(t as u64);
             expect = expect * d + w * (1.0 - d);
         }
@@ -227,7 +209,7 @@ mod tests {
         let varmap = model();
         let mut ema = Ema::new(&varmap, 0.9).unwrap();
         set(&varmap, "b.running_mean", &[10.0, 20.0]);
-        ema.update().unwrap();
+        ema.update(0).unwrap();
         ema.swap(&varmap).unwrap();
         assert_eq!(get(&varmap, "b.running_mean"), vec![9.0, 18.0]);
     }
@@ -237,15 +219,14 @@ mod tests {
         let varmap = model();
         let mut ema = Ema::new(&varmap, 0.9).unwrap();
         set(&varmap, "a", &[2.0, 4.0, 6.0]);
-        ema.update().unwrap();
-        ema.update().unwrap();
-        let saved: HashMap<String, Tensor> = ema.state_tensors().unwrap().into_iter().collect();
+        ema.update(0).unwrap();
+        ema.update(1).unwrap();
+        let saved: HashMap<String, Tensor> = ema.state_tensors().into_iter().collect();
 
         let mut other = Ema::new(&varmap, 0.9).unwrap();
         other.load_state(&saved).unwrap();
-        assert_eq!(other.updates, 2);
-        other.update().unwrap();
-        ema.update().unwrap();
+        other.update(2).unwrap();
+        ema.update(2).unwrap();
         other.swap(&varmap).unwrap();
         let a = get(&varmap, "a");
         other.swap(&varmap).unwrap();

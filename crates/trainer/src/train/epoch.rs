@@ -191,7 +191,7 @@ pub(super) fn train_epoch(
         }
         opt.step(&grads, lr)?;
         if let Some(e) = ema.as_deref_mut() {
-            e.update()?;
+            e.update(state.step)?;
         }
         state.step += 1;
         last = LastFinite {

@@ -473,7 +473,7 @@ fn run_stages(
             } else {
                 let mut train_state = opt.state_tensors()?;
                 if let Some(e) = &ema {
-                    train_state.extend(e.state_tensors()?);
+                    train_state.extend(e.state_tensors());
                 }
                 let optim = train_state
                     .into_iter()
